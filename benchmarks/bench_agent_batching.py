@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from evaluators.agent_loop import run_episodes
-from evaluators.backends.scripted import ScriptedBackend
-from evaluators.base import build_evaluator
-from evaluators.dbbench import DBBenchEvaluator, score_episodes
-from evaluators.dbbench_scripts import gold_agent
+from mergekit_cycleqd.evaluate.agent_loop import run_episodes
+from mergekit_cycleqd.evaluate.agentbench.dbbench import DBBenchEvaluator, score_episodes
+from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import gold_agent
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
+from mergekit_cycleqd.evaluate.base import build_evaluator
 
 
 def batched(evaluator: DBBenchEvaluator, backend: ScriptedBackend) -> float:

@@ -85,8 +85,9 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     import mergekit_cycleqd  # noqa: F401
-    from mergekit_cycleqd.breeder import Breeder, CrossoverSpec, MutationSpec
-    from mergekit_cycleqd.modelset import SafetensorsModel
+    from mergekit_cycleqd.merge.breeder import Breeder
+    from mergekit_cycleqd.merge.modelset import SafetensorsModel
+    from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 
     root = args.root or Path(tempfile.mkdtemp(prefix="cycleqd-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def main() -> None:
     for rank in ranks:
         cache = root / f"cache-{rank or 'full'}"
         shutil.rmtree(cache, ignore_errors=True)
-        breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec("svd", 0.1, rank), cache)
+        breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), cache)
         breeder.factor_keys()  # content hashes (memoised on disk), not part of the SVD build
         start = time.perf_counter()
         for k in range(3):

@@ -8,7 +8,7 @@ execution and model-card time.
 
 from __future__ import annotations
 
-from mergekit_cycleqd.merge_method import register_methods
+from mergekit_cycleqd.merge.methods import register_methods
 
 register_methods()
 

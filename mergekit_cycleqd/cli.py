@@ -15,11 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
+from mergekit_cycleqd.errors import CommandError, UserFacingError
+
 SUBCOMMANDS = ("run", "check", "materialize", "report", "similarity", "publish")
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -91,7 +91,7 @@ def cmd_run(argv: list[str]) -> int:
         recipe.search.seed = args.seed
     run_dir = args.out or Path(recipe.output.dir or Path("runs") / recipe.name)
 
-    from mergekit_cycleqd.loop import CycleQD
+    from mergekit_cycleqd.search.loop import CycleQD
 
     run = CycleQD(recipe, run_dir, resume=args.resume)
     try:
@@ -101,7 +101,7 @@ def cmd_run(argv: list[str]) -> int:
             print(f"Resume with: mergekit-cycleqd {args.recipe} --out {run_dir} --resume")
             return 130
         if not args.no_final:
-            from mergekit_cycleqd.final import finish_run
+            from mergekit_cycleqd.results.final import finish_run
 
             results = finish_run(run)
             print(results.markdown())
@@ -113,7 +113,7 @@ def cmd_run(argv: list[str]) -> int:
 
 def _report(run_dir: Path) -> None:
     try:
-        from mergekit_cycleqd.report import write_report
+        from mergekit_cycleqd.results.report import write_report
     except ImportError:  # report module not installed in this build
         return
     html, markdown = write_report(Path(run_dir))
@@ -137,7 +137,7 @@ def cmd_check(argv: list[str]) -> int:
     _add_var_option(parser)
     args = parser.parse_args(argv)
     recipe = _load(args.recipe, args.var)
-    from mergekit_cycleqd.loop import check_models
+    from mergekit_cycleqd.search.loop import check_models
 
     check_models(recipe)
     print(
@@ -159,7 +159,7 @@ def cmd_materialize(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         raise CommandError(f"{args.out} exists and is not empty; choose a fresh output folder")
-    from mergekit_cycleqd.runfolder import materialize_child
+    from mergekit_cycleqd.results.run_models import materialize_child
 
     child_id = args.child_id if args.child_id == "final" else _int(args.child_id, "CHILD_ID")
     print(materialize_child(args.run, child_id, args.out))
@@ -196,7 +196,7 @@ def cmd_similarity(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if len(args.models) < 2:
         raise CommandError("similarity needs at least two models besides the base")
-    from mergekit_cycleqd.similarity import similarity_command
+    from mergekit_cycleqd.results.similarity import similarity_command
 
     print(similarity_command(args.base, args.models))
     return 0
@@ -218,7 +218,7 @@ def cmd_publish(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="write the folders, upload nothing")
     parser.add_argument("--endpoint", help="Hub endpoint (default: the usual HF_ENDPOINT)")
     args = parser.parse_args(argv)
-    from mergekit_cycleqd.publish import publish_run
+    from mergekit_cycleqd.results.publish import publish_run
 
     if args.final:
         selection = {"final": True}
@@ -253,34 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     else:
         command = cmd_run
-    from mergekit_cycleqd.recipe import RecipeError
-    from mergekit_cycleqd.runfolder import RunFolderError
-
     try:
         return command(argv)
-    except (RecipeError, RunFolderError, CommandError) as error:
+    except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if _is_user_facing(error, command):
+        return error.exit_code
+    except (ValueError, FileNotFoundError) as error:
+        if command is cmd_similarity:  # its inputs are plain model folders named by the user
             print(f"error: {error}", file=sys.stderr)
             return 1
         raise
-
-
-def _is_user_facing(error: Exception, command) -> bool:
-    """Errors whose message is the whole story (no traceback wanted)."""
-    from mergekit_cycleqd.loop import RunError
-
-    if isinstance(error, RunError):
-        return True
-    if command is cmd_publish:
-        from mergekit_cycleqd.publish import PublishError
-
-        return isinstance(error, PublishError)
-    if command is cmd_similarity:
-        return isinstance(error, (ValueError, FileNotFoundError))
-    return False
 
 
 if __name__ == "__main__":

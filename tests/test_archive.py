@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mergekit_cycleqd.archive import Archive, bin_index, empty_archives, paper_range, replay
-from mergekit_cycleqd.ledger import Ledger, ScoreRow
+from mergekit_cycleqd.filing.archive import Archive, bin_index, empty_archives, paper_range, replay
+from mergekit_cycleqd.filing.ledger import Ledger, ScoreRow
 
 
 @pytest.mark.parametrize(

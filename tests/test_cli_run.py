@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from mergekit_cycleqd.cli import main
-from mergekit_cycleqd.ledger import Ledger
-from mergekit_cycleqd.runfolder import run_breeder
+from mergekit_cycleqd.filing.ledger import Ledger
+from mergekit_cycleqd.results.run_models import run_breeder
 from tests.probe_recipe import probe_recipe, write_recipe
 
 

@@ -12,8 +12,6 @@ from mergekit.merge_methods import merge_tensors
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
-from mergekit_cycleqd.breeder import Breeder, CrossoverSpec, MutationSpec
-from mergekit_cycleqd.config_check import check_config
 from mergekit_cycleqd.errors import (
     ArchitectureMismatchError,
     GenomeError,
@@ -23,7 +21,10 @@ from mergekit_cycleqd.errors import (
     ShapeMismatchError,
     UnknownParameterError,
 )
-from mergekit_cycleqd.modelset import SafetensorsModel
+from mergekit_cycleqd.merge.breeder import Breeder
+from mergekit_cycleqd.merge.config_check import check_config
+from mergekit_cycleqd.merge.modelset import SafetensorsModel
+from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 from mergekit_cycleqd.scripts.run_yaml import main
 from tests.tiny_models import make_family, make_tiny_llama
 
@@ -163,14 +164,14 @@ def test_cli_reports_unknown_parameter_without_merging(tiny_family, tmp_path):
 def test_breeder_rejects_bad_specs(tiny_family, tmp_path):
     base, experts = tiny_family
     with pytest.raises(InvalidParameterError, match="crossover method 'tiez' is not a registered"):
-        Breeder(base, experts, CrossoverSpec("tiez"), MutationSpec(), tmp_path)
+        Breeder(base, experts, CrossoverSpec(method="tiez"), MutationSpec(), tmp_path)
     with pytest.raises(
         UnknownParameterError,
         match="crossover parameter 'densty' is not a parameter of merge method 'ties'",
     ):
-        Breeder(base, experts, CrossoverSpec("ties", {"densty": 0.5}), MutationSpec(), tmp_path)
-    with pytest.raises(InvalidParameterError, match="mutation 'svdd' is not one of"):
-        Breeder(base, experts, CrossoverSpec(), MutationSpec("svdd"), tmp_path)  # type: ignore[arg-type]
+        Breeder(base, experts, CrossoverSpec(method="ties", parameters={"densty": 0.5}), MutationSpec(), tmp_path)
+    with pytest.raises(ValueError, match="mutation 'svdd' is not one of none, svd, svd_child"):
+        MutationSpec(kind="svdd")
     breeder = _breeder(base, experts, tmp_path, rank=2)
     with pytest.raises(
         InvalidParameterError, match="mutation_task 3 is out of range: there are 3 experts"

@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from evaluators.backends.scripted import ScriptedBackend
-from evaluators.base import build_evaluator
-from evaluators.db_backends import SQLiteBackend, TableSpec, table_fingerprint
-from evaluators.dbbench import answers_match, parse_final_answer
-from evaluators.dbbench_scripts import answer, gold_agent, operation, wrong_agent
+from mergekit_cycleqd.evaluate.agentbench.db_backends import (
+    SQLiteBackend,
+    TableSpec,
+    table_fingerprint,
+)
+from mergekit_cycleqd.evaluate.agentbench.dbbench import answers_match, parse_final_answer
+from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import (
+    answer,
+    gold_agent,
+    operation,
+    wrong_agent,
+)
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
+from mergekit_cycleqd.evaluate.base import build_evaluator
 from tests.mariadb_server import mariadb_server as _mariadb_server_fixture
 
 mariadb_server = _mariadb_server_fixture  # a module attribute is how pytest finds the fixture

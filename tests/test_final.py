@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from evaluators.base import register_evaluator
-from mergekit_cycleqd.archive import archives_from_ledger
-from mergekit_cycleqd.final import finish_run, softmax_weights
-from mergekit_cycleqd.loop import CycleQD
-from mergekit_cycleqd.modelset import SafetensorsModel
+from mergekit_cycleqd.evaluate.base import register_evaluator
+from mergekit_cycleqd.filing.archive import archives_from_ledger
+from mergekit_cycleqd.merge.modelset import SafetensorsModel
 from mergekit_cycleqd.recipe import parse_recipe
+from mergekit_cycleqd.results.final import finish_run, softmax_weights
+from mergekit_cycleqd.search.loop import CycleQD
 from tests.probe_recipe import probe_recipe
 
 register_evaluator("norm_probe", "tests.flaky_evaluator:NormProbe")
@@ -54,7 +54,7 @@ def test_final_model_is_the_softmax_aggregation_of_the_best_elites(tiny_family, 
     np.testing.assert_allclose(final.weights, betas, rtol=1e-12)
 
     # theta_agg = theta_b + sum_k beta_k * tau(best elite of archive k), materialised elites
-    from mergekit_cycleqd.runfolder import materialize_child
+    from mergekit_cycleqd.results.run_models import materialize_child
 
     base_t = _tensors(base)
     expected = {n: t.clone() for n, t in base_t.items()}

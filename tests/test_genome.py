@@ -9,16 +9,16 @@ import torch
 from mergekit.merge_methods import merge_state_dicts
 from transformers import LlamaForCausalLM
 
-from mergekit_cycleqd.breeder import (
+from mergekit_cycleqd.merge.breeder import (
     Breeder,
     CrossoverSpec,
     GenomeChild,
     MutationSpec,
     WeightsChild,
 )
-from mergekit_cycleqd.genome import Genome
-from mergekit_cycleqd.materialize import state_dict
-from mergekit_cycleqd.modelset import SafetensorsModel
+from mergekit_cycleqd.merge.genome import Genome
+from mergekit_cycleqd.merge.materialize import state_dict
+from mergekit_cycleqd.merge.modelset import SafetensorsModel
 from tests.tiny_models import make_family
 
 
@@ -41,7 +41,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("rank", [4, None])
 def test_twenty_generations_genome_equals_weight_space(wide_family, tmp_path, rank):
     base, experts = wide_family
-    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec("svd", 0.1, rank), tmp_path)
+    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path)
     assert breeder.stores_genomes
     base_sd = _load(base)
     genomes = [breeder.expert(k) for k in range(3)]
@@ -143,7 +143,7 @@ def test_genome_crossover_and_mutation_arithmetic(tiny_family, tmp_path):
     assert torch.equal(crossed.a, torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64))
     factors = breeder.svd.factors(2, 2)
     mutated = crossed.mutate_svd(2, factors, rate=0.1, seed=8)
-    from mergekit_cycleqd.mutation import svd_coefficients
+    from mergekit_cycleqd.merge.mutations import svd_coefficients
 
     for name in factors.names():
         _, s, _ = factors.require(name)
@@ -195,10 +195,10 @@ def test_svd_cache_key_follows_content_not_path(tiny_family, tmp_path):
 @pytest.mark.parametrize(
     "crossover, mutation",
     [
-        (CrossoverSpec(), MutationSpec("svd_child", 0.1)),
-        (CrossoverSpec(), MutationSpec("gaussian", gaussian_std=0.001)),
-        (CrossoverSpec("ties", {"density": 0.5}), MutationSpec("svd", 0.1, rank=2)),
-        (CrossoverSpec("dare_ties", {"density": 0.5}), MutationSpec("none")),
+        (CrossoverSpec(), MutationSpec(kind="svd_child", rate=0.1)),
+        (CrossoverSpec(), MutationSpec(kind="gaussian", gaussian_std=0.001)),
+        (CrossoverSpec(method="ties", parameters={"density": 0.5}), MutationSpec(kind="svd", rate=0.1, rank=2)),
+        (CrossoverSpec(method="dare_ties", parameters={"density": 0.5}), MutationSpec(kind="none")),
     ],
 )
 def test_non_linear_runs_store_weights_behind_the_same_api(

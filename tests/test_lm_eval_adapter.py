@@ -11,10 +11,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from evaluators.backends.scripted import ScriptedBackend, prompt_key
-from evaluators.backends.scripted_lm import BackendLM, ScriptedLM, generation_config_from_kwargs
-from evaluators.base import GenerationConfig, build_evaluator
-from evaluators.lm_eval_adapter import LMEvalEvaluator
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend, prompt_key
+from mergekit_cycleqd.evaluate.backends.scripted_lm import (
+    BackendLM,
+    ScriptedLM,
+    generation_config_from_kwargs,
+)
+from mergekit_cycleqd.evaluate.base import GenerationConfig, build_evaluator
+from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalEvaluator
 
 GOLD = {f"q{i}=": f"a{i}" for i in range(5)}
 VALIDATION_GOLD = {f"v{i}=": f"b{i}" for i in range(4)}

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluators.base import register_evaluator
-from mergekit_cycleqd.archive import archives_from_ledger, replay
-from mergekit_cycleqd.loop import CycleQD, RunError, active_task
+from mergekit_cycleqd.evaluate.base import register_evaluator
+from mergekit_cycleqd.filing.archive import archives_from_ledger, replay
+from mergekit_cycleqd.filing.runfolder import RunFolderError
 from mergekit_cycleqd.recipe import parse_recipe
-from mergekit_cycleqd.runfolder import RunFolderError
+from mergekit_cycleqd.search.loop import CycleQD, RunError, active_task
 from tests.probe_recipe import probe_recipe, write_recipe
 
 register_evaluator("flaky_probe", "tests.flaky_evaluator:FlakyProbe")
@@ -78,7 +78,7 @@ def test_cycle_order_and_archive_invariants(tiny_family, tmp_path) -> None:
     # each archive: one elite per cell, each elite is the best of everything filed in its cell
     with sqlite3.connect(tmp_path / "run" / "ledger.sqlite"):
         pass
-    from mergekit_cycleqd.ledger import Ledger
+    from mergekit_cycleqd.filing.ledger import Ledger
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         records = [r for r in ledger.children() if r.role in ("seed", "child")]
@@ -127,7 +127,7 @@ def test_failing_children_are_recorded_and_the_run_goes_on(tiny_family, tmp_path
     failed = [c for c in children if c[8] == "failed" and c[2] == "child"]
     assert summary.generations_done == 10
     assert summary.failed == len(failed) >= 2
-    from mergekit_cycleqd.ledger import Ledger
+    from mergekit_cycleqd.filing.ledger import Ledger
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         for record in ledger.children(status="failed"):
@@ -147,7 +147,7 @@ def test_a_child_over_its_time_limit_fails_and_the_run_goes_on(tiny_family, tmp_
     summary, _, _ = _run(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run")
     assert time.monotonic() - started < 20  # the 5 s sleeps were cut short
     assert summary.generations_done == 4 and summary.failed == 2
-    from mergekit_cycleqd.ledger import Ledger
+    from mergekit_cycleqd.filing.ledger import Ledger
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         errors = [r.error for r in ledger.children(role="child", status="failed")]
@@ -170,7 +170,7 @@ def test_nan_weights_fail_the_child(tiny_family, tmp_path) -> None:
     raw["search"]["crossover"] = {"mu": 0.0, "sigma": 0.0}  # weights sum to 0: division by zero
     summary, (children, _), _ = _run(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run")
     assert summary.failed == 4
-    from mergekit_cycleqd.ledger import Ledger
+    from mergekit_cycleqd.filing.ledger import Ledger
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         errors = {r.error for r in ledger.children(role="child", status="failed")}

@@ -8,10 +8,10 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from evaluators.backends.scripted import ScriptedBackend
-from evaluators.base import build_evaluator
-from evaluators.mbpp import build_program, build_prompt, extract_code, load_mbpp
-from evaluators.sandbox import isolation_mode
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
+from mergekit_cycleqd.evaluate.base import build_evaluator
+from mergekit_cycleqd.evaluate.code.mbpp import build_program, build_prompt, extract_code, load_mbpp
+from mergekit_cycleqd.evaluate.isolation.process import isolation_mode
 
 # Every canonical solution of the test split (11-510) passes its asserts; none is excluded.
 CANONICAL_FAILURES: dict[int, str] = {}

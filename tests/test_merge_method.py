@@ -10,9 +10,9 @@ from mergekit import merge_methods
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 
 import mergekit_cycleqd
-from mergekit_cycleqd.merge_method import register_methods
-from mergekit_cycleqd.mutation import mutate_gaussian, mutate_svd, mutate_svd_child
-from mergekit_cycleqd.svd_cache import SVDFactors
+from mergekit_cycleqd.merge.methods import register_methods
+from mergekit_cycleqd.merge.mutations import mutate_gaussian, mutate_svd, mutate_svd_child
+from mergekit_cycleqd.merge.svd_cache import SVDFactors
 
 NAME = "model.layers.1.self_attn.q_proj.weight"
 
@@ -92,7 +92,7 @@ def test_mutations_through_the_method_match_the_operators(tmp_path):
 
 
 def test_merge_is_independent_of_tensor_order_and_global_seed(tiny_family):
-    from mergekit_cycleqd.modelset import SafetensorsModel
+    from mergekit_cycleqd.merge.modelset import SafetensorsModel
 
     base_path, experts = tiny_family
     models = [SafetensorsModel(p) for p in (base_path, *experts[:2])]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mergekit_cycleqd.errors import InvalidParameterError
-from mergekit_cycleqd.mutation import (
+from mergekit_cycleqd.merge.mutations import (
     check_mutation,
     mutate_gaussian,
     mutate_svd,

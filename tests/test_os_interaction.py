@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluators import build_evaluator
-from evaluators.backends.scripted import ScriptedBackend
-from evaluators.os_interaction import format_observation, parse_action
+from mergekit_cycleqd.evaluate import build_evaluator
+from mergekit_cycleqd.evaluate.agentbench.os_interaction import format_observation, parse_action
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluators import build_evaluator
-from evaluators.backends.scripted import ScriptedBackend
-from evaluators.os_sandbox.base import SandboxLimits
-from evaluators.os_sandbox.bwrap import (
+from mergekit_cycleqd.evaluate import build_evaluator
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
+from mergekit_cycleqd.evaluate.isolation.bwrap import (
     CAPABILITIES,
     EMPTY_DIRS,
     HOST_SYSTEM_DIRS,
@@ -23,8 +22,13 @@ from evaluators.os_sandbox.bwrap import (
     root_entries,
     setup_script,
 )
-from evaluators.os_sandbox.channel import bash_quote
-from evaluators.os_sandbox.docker import docker_available, docker_exec_command, docker_run_command
+from mergekit_cycleqd.evaluate.isolation.channel import bash_quote
+from mergekit_cycleqd.evaluate.isolation.docker import (
+    docker_available,
+    docker_exec_command,
+    docker_run_command,
+)
+from mergekit_cycleqd.evaluate.isolation.shell import SandboxLimits
 from tests.test_os_interaction import require_root_sandbox
 
 pytestmark = pytest.mark.timeout(300)
@@ -87,7 +91,7 @@ def test_docker_command_lines():
 def test_docker_sandbox_live():
     if not docker_available():
         pytest.skip("no Docker daemon (the daemon-free bwrap sandbox is tested instead)")
-    from evaluators.os_sandbox.docker import DockerBackend
+    from mergekit_cycleqd.evaluate.isolation.docker import DockerBackend
 
     backend = DockerBackend()
     try:
@@ -100,7 +104,7 @@ def test_docker_sandbox_live():
 
 def test_bwrap_sandbox_contains_privileges(tmp_path):
     require_root_sandbox()
-    from evaluators.os_sandbox.bwrap import BwrapBackend
+    from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
 
     before = Path("/proc/sys/kernel/core_pattern").read_text()
     with BwrapBackend(limits=SandboxLimits(memory_mb=256, pids=64)).launch() as box:

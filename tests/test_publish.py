@@ -11,8 +11,8 @@ import huggingface_hub
 import pytest
 import yaml
 
-from mergekit_cycleqd.model_card import CardInfo, ExpertRef, parse_front_matter, render_card
-from mergekit_cycleqd.publish import (
+from mergekit_cycleqd.results.model_card import CardInfo, ExpertRef, parse_front_matter, render_card
+from mergekit_cycleqd.results.publish import (
     PublishError,
     PublishItem,
     publish_models,
@@ -274,14 +274,14 @@ def run_folder(tmp_path, model_dirs, monkeypatch):
             (out_dir / f.name).write_bytes(f.read_bytes())
         return out_dir
 
-    monkeypatch.setattr("mergekit_cycleqd.publish._materialize", fake_materialize)
+    monkeypatch.setattr("mergekit_cycleqd.results.publish._materialize", fake_materialize)
     return run, calls
 
 
 def test_publish_run_archive_top_k_dry_run(run_folder):
-    from mergekit_cycleqd.archive import archives_from_ledger
-    from mergekit_cycleqd.ledger import Ledger
-    from mergekit_cycleqd.publish import publish_run
+    from mergekit_cycleqd.filing.archive import archives_from_ledger
+    from mergekit_cycleqd.filing.ledger import Ledger
+    from mergekit_cycleqd.results.publish import publish_run
 
     run, calls = run_folder
     with Ledger(run / "ledger.sqlite") as ledger:
@@ -302,7 +302,7 @@ def test_publish_run_archive_top_k_dry_run(run_folder):
 
 
 def test_publish_run_elite_ships_genome_and_hub_config(run_folder):
-    from mergekit_cycleqd.publish import publish_run
+    from mergekit_cycleqd.results.publish import publish_run
 
     run, _ = run_folder
     result = publish_run(run, "org/run", {"elite": 7}, dry_run=True)
@@ -319,7 +319,7 @@ def test_publish_run_elite_ships_genome_and_hub_config(run_folder):
 
 
 def test_publish_run_final_to_fake_hub(run_folder, capsys, caplog):
-    from mergekit_cycleqd.publish import publish_run
+    from mergekit_cycleqd.results.publish import publish_run
 
     run, calls = run_folder
     with FakeHubServer(SECRET) as hub:
@@ -333,8 +333,8 @@ def test_publish_run_final_to_fake_hub(run_folder, capsys, caplog):
 
 
 def test_publish_run_errors(run_folder, tmp_path):
-    from mergekit_cycleqd.ledger import Ledger
-    from mergekit_cycleqd.publish import publish_run
+    from mergekit_cycleqd.filing.ledger import Ledger
+    from mergekit_cycleqd.results.publish import publish_run
 
     run, _ = run_folder
     with pytest.raises(PublishError, match="exactly one"):

@@ -9,10 +9,10 @@ import yaml
 from safetensors.torch import load_file
 
 from mergekit_cycleqd.cli import main
-from mergekit_cycleqd.ledger import Ledger
-from mergekit_cycleqd.model_card import parse_front_matter
-from mergekit_cycleqd.publish import publish_run
-from mergekit_cycleqd.runfolder import run_breeder
+from mergekit_cycleqd.filing.ledger import Ledger
+from mergekit_cycleqd.results.model_card import parse_front_matter
+from mergekit_cycleqd.results.publish import publish_run
+from mergekit_cycleqd.results.run_models import run_breeder
 from tests.fake_hub import FakeHubServer
 from tests.probe_recipe import probe_recipe, write_recipe
 
@@ -65,7 +65,7 @@ def test_publish_real_final_model(probe_run, capsys) -> None:
 def test_publish_cli_dry_run_top_k(probe_run, capsys) -> None:
     assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "t0", "--top", "2", "--dry-run"]) == 0
     with Ledger(probe_run / "ledger.sqlite") as ledger:
-        from mergekit_cycleqd.archive import archives_from_ledger
+        from mergekit_cycleqd.filing.archive import archives_from_ledger
 
         top = sorted(archives_from_ledger(ledger)["t0"].members(), key=lambda e: -e.quality)[:2]
     repos = sorted(p.name for p in (probe_run / "publish" / "repos").iterdir())

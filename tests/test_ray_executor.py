@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mergekit_cycleqd.archive import archives_from_ledger
-from mergekit_cycleqd.loop import CycleQD
+from mergekit_cycleqd.filing.archive import archives_from_ledger
 from mergekit_cycleqd.recipe import parse_recipe
+from mergekit_cycleqd.search.loop import CycleQD
 from tests.probe_recipe import probe_recipe
 
 ray = pytest.importorskip("ray")

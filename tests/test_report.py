@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from mergekit_cycleqd.ledger import Ledger, ScoreRow
-from mergekit_cycleqd.report import write_report
-from mergekit_cycleqd.report.data import load_run
-from mergekit_cycleqd.report.figures import projected_grid, timing_groups
+from mergekit_cycleqd.filing.ledger import Ledger, ScoreRow
+from mergekit_cycleqd.results.report import write_report
+from mergekit_cycleqd.results.report.data import load_run
+from mergekit_cycleqd.results.report.figures import projected_grid, timing_groups
 from tests.conftest import require_tool
 
 RECIPE = "# test recipe\nsearch:\n  generations: 24\nbins: 4\n"

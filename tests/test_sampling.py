@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mergekit_cycleqd.archive import empty_archives
-from mergekit_cycleqd.sampling import SamplingSpec, sample_parents, selection_probabilities
+from mergekit_cycleqd.filing.archive import empty_archives
+from mergekit_cycleqd.recipe import SamplingConfig
+from mergekit_cycleqd.search.sampling import sample_parents, selection_probabilities
 
 SCORES = {
     1: {"a": 0.9, "b": 0.1, "c": 0.2},
@@ -31,7 +32,7 @@ def _minmax(values):
 
 def test_paper_elite_weights_match_formula() -> None:
     archive = _archives()["a"]
-    members, p = selection_probabilities(archive, SamplingSpec())
+    members, p = selection_probabilities(archive, SamplingConfig())
     ids = [m.child_id for m in members]
     assert ids == [1, 2, 3, 4]
     q = _minmax([SCORES[i]["a"] for i in ids])
@@ -43,7 +44,7 @@ def test_paper_elite_weights_match_formula() -> None:
 
 def test_reference_variant_uses_bin_indices_and_alpha_high() -> None:
     archive = _archives()["a"]
-    members, p = selection_probabilities(archive, SamplingSpec(variant="reference"))
+    members, p = selection_probabilities(archive, SamplingConfig(variant="reference"))
     ids = [m.child_id for m in members]
     q = _minmax([SCORES[i]["a"] for i in ids])
     # 3 bins over [0, 1]: b 0.1->0, 0.5->1, 0.9->2, 0.3->0 ; c 0.2->0, 0.9->2, 0.5->1, 0.7->2
@@ -57,17 +58,17 @@ def test_equal_values_normalise_to_one() -> None:
     archives = empty_archives(["a", "b"], 5, {"a": (0, 1), "b": (0, 1)})
     archives["a"].offer(1, {"a": 0.5, "b": 0.1})
     archives["a"].offer(2, {"a": 0.5, "b": 0.9})
-    _, p = selection_probabilities(archives["a"], SamplingSpec())
+    _, p = selection_probabilities(archives["a"], SamplingConfig())
     # quality equal -> factor 0.8 for both; b normalised 0 and 1 -> 0.5 and 0.8
     np.testing.assert_allclose(p, np.array([0.8 * 0.5, 0.8 * 0.8]) / (0.8 * 1.3))
 
 
 def test_first_draw_frequencies_match_probabilities() -> None:
     archives = _archives()
-    _, p = selection_probabilities(archives["a"], SamplingSpec())
+    _, p = selection_probabilities(archives["a"], SamplingConfig())
     rng = np.random.default_rng(1)
     n = 20000
-    firsts = np.array([sample_parents(archives, "a", SamplingSpec(), rng)[0] for _ in range(n)])
+    firsts = np.array([sample_parents(archives, "a", SamplingConfig(), rng)[0] for _ in range(n)])
     counts = np.array([(firsts == i).sum() for i in [1, 2, 3, 4]])
     expected = p * n
     chi2 = float(((counts - expected) ** 2 / expected).sum())
@@ -76,11 +77,11 @@ def test_first_draw_frequencies_match_probabilities() -> None:
 
 def test_random_sampling_is_uniform_and_parents_distinct() -> None:
     archives = _archives()
-    _, p = selection_probabilities(archives["b"], SamplingSpec(kind="random"))
+    _, p = selection_probabilities(archives["b"], SamplingConfig(kind="random"))
     np.testing.assert_allclose(p, 0.25)
     rng = np.random.default_rng(2)
     for _ in range(200):
-        first, second = sample_parents(archives, "b", SamplingSpec(kind="random"), rng)
+        first, second = sample_parents(archives, "b", SamplingConfig(kind="random"), rng)
         assert first != second
 
 
@@ -88,8 +89,8 @@ def test_sparse_archive_borrows_from_other_archives() -> None:
     archives = empty_archives(["a", "b"], 2, {"a": (0, 1), "b": (0, 1)})
     archives["a"].offer(1, {"a": 0.9, "b": 0.1})
     archives["b"].offer(2, {"a": 0.1, "b": 0.95})
-    assert sorted(sample_parents(archives, "a", SamplingSpec(), np.random.default_rng(0))) == [1, 2]
+    assert sorted(sample_parents(archives, "a", SamplingConfig(), np.random.default_rng(0))) == [1, 2]
     empty = empty_archives(["a", "b"], 2, {"a": (0, 1), "b": (0, 1)})
     empty["a"].offer(1, {"a": 0.9, "b": 0.1})
     with pytest.raises(RuntimeError, match="two distinct parents"):
-        sample_parents(empty, "a", SamplingSpec(), np.random.default_rng(0))
+        sample_parents(empty, "a", SamplingConfig(), np.random.default_rng(0))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluators.sandbox import SandboxLimits, isolation_mode, run_python
+from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits, isolation_mode, run_python
 
-FAST = SandboxLimits(timeout_s=3.0)
+FAST = ProcessLimits(timeout_s=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_fresh_empty_directory_unprivileged_clean_environment(isolated, monkeypa
 
 
 def test_infinite_loop_is_killed_at_the_timeout(isolated):
-    result = run_python("while True:\n    pass\n", SandboxLimits(timeout_s=1.0))
+    result = run_python("while True:\n    pass\n", ProcessLimits(timeout_s=1.0))
     assert result.timed_out and not result.ok
     assert result.error_summary() == "timeout"
     assert 1.0 <= result.duration_s < 3.0
@@ -83,7 +83,7 @@ def test_fork_bomb_is_contained_and_cleaned_up(isolated):
     source = (
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )
-    result = run_python(source, SandboxLimits(timeout_s=2.0, max_processes=16))
+    result = run_python(source, ProcessLimits(timeout_s=2.0, max_processes=16))
     assert not result.ok
     assert _sandbox_processes() == []
     assert subprocess.run(["true"], check=False).returncode == 0  # the host can still fork

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergekit_cycleqd.similarity import (
+from mergekit_cycleqd.results.similarity import (
     format_table,
     mergeability,
     similarity_command,

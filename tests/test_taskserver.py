@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import ValidationError
 
-from evaluators import build_evaluator
-from evaluators.backends.scripted import ScriptedBackend, prompt_key
-from evaluators.taskserver import TaskServerError, is_success
+from mergekit_cycleqd.evaluate import build_evaluator
+from mergekit_cycleqd.evaluate.agentbench.taskserver import TaskServerError, is_success
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend, prompt_key
 
 
 class ToyController:

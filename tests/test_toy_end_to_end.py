@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergekit_cycleqd.archive import archives_from_ledger
 from mergekit_cycleqd.cli import main
-from mergekit_cycleqd.ledger import Ledger
+from mergekit_cycleqd.filing.archive import archives_from_ledger
+from mergekit_cycleqd.filing.ledger import Ledger
 
 TOY = Path(__file__).resolve().parents[1] / "recipes" / "toy.yml"
 

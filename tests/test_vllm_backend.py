@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evaluators.backends import load_backend
-from evaluators.backends.vllm_backend import LoadWeights, import_vllm
-from evaluators.base import GenerationConfig
+from mergekit_cycleqd.evaluate.backends import load_backend
+from mergekit_cycleqd.evaluate.backends.vllm_backend import LoadWeights, import_vllm
+from mergekit_cycleqd.evaluate.base import GenerationConfig
+from mergekit_cycleqd.merge.weights import StateDictWeights
 from mergekit_cycleqd.toy.tokenizer import build_char_tokenizer
-from mergekit_cycleqd.weights import StateDictWeights
 from tests.tiny_models import make_expert, make_tiny_llama
 
 PROMPTS = ["rev abc=", "srt hello world=", "x", "dup zz="]

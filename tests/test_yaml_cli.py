@@ -11,9 +11,10 @@ from click.testing import CliRunner
 from mergekit.merge_methods import merge_state_dicts
 from mergekit.scripts.run_yaml import main as mergekit_main
 
-from mergekit_cycleqd.breeder import Breeder, CrossoverSpec, MutationSpec
-from mergekit_cycleqd.materialize import state_dict
-from mergekit_cycleqd.modelset import SafetensorsModel
+from mergekit_cycleqd.merge.breeder import Breeder
+from mergekit_cycleqd.merge.materialize import state_dict
+from mergekit_cycleqd.merge.modelset import SafetensorsModel
+from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 from mergekit_cycleqd.scripts.run_yaml import main
 
 FLAGS = ["--no-copy-tokenizer", "--quiet"]
@@ -98,7 +99,7 @@ def test_cycleqd_yaml_equals_merge_state_dicts(tiny_family, tmp_path, mutation):
 def test_genome_yaml_reproduces_weights_bit_for_bit(tiny_family, tmp_path, rank):
     base, experts = tiny_family
     breeder = Breeder(
-        base, experts, CrossoverSpec(), MutationSpec("svd", 0.1, rank), tmp_path / "c"
+        base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path / "c"
     )
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 0, 3)
     child = breeder.breed([child, breeder.expert(2)], [0.98, 1.0], 2, 4)
@@ -116,7 +117,7 @@ def test_genome_yaml_reproduces_weights_bit_for_bit(tiny_family, tmp_path, rank)
 
 def test_weights_child_yaml_reproduces_weights(tiny_family, tmp_path):
     base, experts = tiny_family
-    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec("gaussian"), tmp_path / "c")
+    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="gaussian"), tmp_path / "c")
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 0, 3)
     folder = breeder.save(child, tmp_path / "elite")
     result = _run(main, breeder.mergekit_config(folder), tmp_path / "out", tmp_path)
@@ -139,7 +140,7 @@ def test_genome_yaml_rejects_experts_in_the_wrong_order(tiny_family, tmp_path):
 def test_genome_yaml_rebuilds_a_missing_svd_cache(tiny_family, tmp_path, rank):
     """A genome shipped without its SVD cache (e.g. from the Hub) still rebuilds exactly."""
     base, experts = tiny_family
-    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec("svd", 0.1, rank), tmp_path / "c")
+    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path / "c")
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 1, 7)
     path = breeder.save(child, tmp_path / "elite")
     expected = state_dict(breeder.weights(child))

@@ -17,8 +17,8 @@ from mergekit.options import PrettyPrintHelp
 from mergekit.scripts import run_yaml as mergekit_run_yaml
 
 import mergekit_cycleqd  # noqa: F401  (registers the merge methods)
-from mergekit_cycleqd.config_check import check_config
 from mergekit_cycleqd.errors import CycleQDError
+from mergekit_cycleqd.merge.config_check import check_config
 
 
 def _run(**kwargs: Any) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from mergekit_cycleqd.merge.weights import StateDictWeights, WeightSource
 from mergekit_cycleqd.toy.build import ToyAssets
-from mergekit_cycleqd.weights import StateDictWeights, WeightSource
 
 
 def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -44,8 +44,8 @@ def score_table(
     device: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """row label -> skill -> exact-match score on ``split`` ("opt" or "test")."""
-    from evaluators.backends.transformers_backend import TransformersBackend
-    from evaluators.lm_eval_adapter import LMEvalEvaluator, LMEvalOptions
+    from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
+    from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalEvaluator, LMEvalOptions
 
     backend = TransformersBackend(assets.base, device=device, batch_size=128)
     evaluators = {

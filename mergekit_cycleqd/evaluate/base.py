@@ -1,0 +1,139 @@
+"""Protocols shared by the driver, the model backends and the evaluators.
+
+A *backend* holds one model resident (transformers, vLLM, or a scripted stand-in)
+and takes each new child's weights in place. An *evaluator* scores whatever model
+the backend currently holds on one task split and returns a TaskResult.
+Evaluators are looked up by kind name; their options are pydantic models with
+``extra="forbid"`` so that a recipe typo is reported with its field path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mergekit_cycleqd.merge.weights import WeightSource
+
+Message = dict[str, str]
+"""One chat turn: ``{"role": "system"|"user"|"assistant", "content": str}``."""
+
+Prompt = str | list[Message]
+"""A raw text prompt, or a chat conversation rendered with the model's chat template."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings; greedy unless temperature > 0."""
+
+    max_new_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+
+
+@runtime_checkable
+class ModelBackend(Protocol):
+    """A resident model that generates in batches and swaps weights in place."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
+        """One completion per prompt, in order, with stop strings removed."""
+        ...
+
+    def load_child(self, weights: WeightSource) -> None:
+        """Replace the resident weights with the child's, without reloading the model."""
+        ...
+
+    def lm_eval_model(self) -> Any:
+        """An ``lm_eval.api.model.LM`` over the resident model (for the lm-eval adapter)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model (GPU memory, engine processes)."""
+        ...
+
+
+@dataclass
+class TaskResult:
+    """Score of one model on one task split.
+
+    ``score`` is the number CycleQD optimises and bins (in [0, 1]); ``metrics``
+    holds every metric the evaluator reports (the score included); ``samples``
+    holds JSON-serialisable per-sample details (prompt, reply, verdict...).
+    """
+
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EvaluatorOptions(BaseModel):
+    """Base for evaluator options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Evaluator(ABC):
+    """Scores the model resident in a backend on one task split.
+
+    Subclasses set ``Options`` (a pydantic model) and implement ``evaluate``.
+    One evaluator instance is built per (task, split) from the recipe.
+    """
+
+    Options: ClassVar[type[EvaluatorOptions]] = EvaluatorOptions
+
+    def __init__(self, options: EvaluatorOptions):
+        self.options = options
+
+    @abstractmethod
+    def evaluate(self, backend: ModelBackend) -> TaskResult:
+        """Score the backend's current model."""
+
+    def close(self) -> None:
+        """Release resources (servers, sandboxes); default: nothing."""
+
+
+# kind name -> "module:ClassName"; imported lazily so that `import evaluators`
+# does not import lm-eval, pymysql or the sandbox code.
+_REGISTRY: dict[str, str] = {
+    "lm_eval": "mergekit_cycleqd.evaluate.lm_eval_adapter:LMEvalEvaluator",
+    "mbpp": "mergekit_cycleqd.evaluate.code.mbpp:MBPPEvaluator",
+    "dbbench": "mergekit_cycleqd.evaluate.agentbench.dbbench:DBBenchEvaluator",
+    "os_interaction": "mergekit_cycleqd.evaluate.agentbench.os_interaction:OSInteractionEvaluator",
+    "agentbench_server": "mergekit_cycleqd.evaluate.agentbench.taskserver:TaskServerEvaluator",
+    "weight_probe": "mergekit_cycleqd.evaluate.weight_probe:WeightProbeEvaluator",
+}
+
+
+def register_evaluator(kind: str, target: str) -> None:
+    """Register an evaluator class by import path, e.g. ``"pkg.mod:MyEvaluator"``."""
+    if kind in _REGISTRY and _REGISTRY[kind] != target:
+        raise ValueError(f"evaluator kind {kind!r} is already registered as {_REGISTRY[kind]}")
+    _REGISTRY[kind] = target
+
+
+def evaluator_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def evaluator_class(kind: str) -> type[Evaluator]:
+    try:
+        target = _REGISTRY[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown evaluator {kind!r}; known evaluators: {', '.join(evaluator_kinds())}"
+        ) from None
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_evaluator(kind: str, options: dict[str, Any]) -> Evaluator:
+    """Validate options (pydantic ValidationError on a mistake) and build the evaluator."""
+    cls = evaluator_class(kind)
+    return cls(cls.Options.model_validate(options))

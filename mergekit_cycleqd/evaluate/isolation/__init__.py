@@ -1,0 +1,32 @@
+"""The one isolation layer for untrusted model output: code, SQL side effects, shell sessions.
+
+- ``process``: run one untrusted Python program (MBPP) in fresh namespaces, under a
+  never-used uid, with rlimits and a wall-clock timeout (``run_python``, ``ProcessLimits``).
+- ``shell`` / ``bwrap`` / ``docker``: a throw-away root file system with a live bash
+  session for an agent that may reconfigure it (AgentBench OS tasks; ``Sandbox``).
+- ``cgroups``: memory and process-count limits on a whole sandbox.
+- ``channel``: the byte-capped, time-limited command channel into a shell.
+- ``reaping``: kill-and-wait until a sandbox's last process is gone.
+
+A fix to containment is made here once; evaluators only choose limits.
+"""
+
+from mergekit_cycleqd.evaluate.isolation.channel import CommandResult
+from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits, SandboxResult, run_python
+from mergekit_cycleqd.evaluate.isolation.shell import (
+    Sandbox,
+    SandboxBackend,
+    SandboxError,
+    SandboxLimits,
+)
+
+__all__ = [
+    "CommandResult",
+    "ProcessLimits",
+    "Sandbox",
+    "SandboxBackend",
+    "SandboxError",
+    "SandboxLimits",
+    "SandboxResult",
+    "run_python",
+]

@@ -1,0 +1,251 @@
+"""Daemon-free sandbox: overlayfs over a read-only base root, inside bubblewrap.
+
+Layout of one sandbox (all of it lives in a private mount namespace and a
+tmpfs, so it vanishes when the sandbox's processes die):
+
+* a tmpfs (``disk_mb``) holds the new root plus the overlay upper/work dirs;
+* each top-level directory of the base root filesystem is an overlay whose
+  lower layer is the read-only base, so ``useradd``, ``chmod`` or ``rm -rf /``
+  only ever change the tmpfs;
+* ``bubblewrap`` then pivots into that root with new pid, net, ipc, uts and
+  cgroup namespaces (network: loopback only), a minimal ``/dev``, a fresh
+  ``/proc`` whose kernel tunables (``/proc/sys``...) are read-only, no ``/sys``,
+  no new privileges, and only Docker's default capabilities minus ``MKNOD``
+  and ``AUDIT_WRITE`` (no ``SYS_ADMIN``: no mounts, no escaping the root);
+* a fresh memory + pids cgroup bounds memory (tmpfs included) and processes.
+
+The sandbox runs as uid 0 without a user namespace so that ``chown``/``su``
+to arbitrary users work as in AgentBench's Docker containers. This needs the
+caller to be root, and ``bwrap``, ``unshare`` and ``mount`` on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from mergekit_cycleqd.evaluate.isolation.cgroups import CgroupLimits
+from mergekit_cycleqd.evaluate.isolation.channel import OutputReader, ShellChannel
+from mergekit_cycleqd.evaluate.isolation.shell import (
+    SANDBOX_PATH,
+    Sandbox,
+    SandboxBackend,
+    SandboxError,
+    SandboxLimits,
+)
+
+CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_SETFCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+)
+"""Docker's default set minus MKNOD (device nodes would reach host disks) and AUDIT_WRITE."""
+
+HOST_SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "var", "opt")
+"""When the base is the host's own ``/``, only these are shown (read-only, overlaid);
+users' files, mounts and project folders stay hidden."""
+
+EMPTY_DIRS = {"root": 0o700, "home": 0o755, "tmp": 0o1777, "run": 0o755, "mnt": 0o755,
+              "media": 0o755, "srv": 0o755, "sys": 0o555}
+"""Created empty (and writable) in every sandbox, unless the base provides them."""
+
+_SPECIAL = {"proc", "dev", "sys"}
+_READ_ONLY_PROC = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+
+
+def root_entries(rootfs: Path) -> list[tuple[str, str, str]]:
+    """(name, kind, detail) for each top-level entry: kind is overlay, symlink or empty."""
+    host = rootfs.resolve() == Path("/")
+    entries: list[tuple[str, str, str]] = []
+    for child in sorted(rootfs.iterdir(), key=lambda p: p.name):
+        name = child.name
+        if name in _SPECIAL or (host and name not in HOST_SYSTEM_DIRS):
+            continue
+        if child.is_symlink():
+            entries.append((name, "symlink", os.readlink(child)))
+        elif child.is_dir():
+            entries.append((name, "overlay", str(child)))
+    present = {name for name, _, _ in entries}
+    for name, mode in EMPTY_DIRS.items():
+        if name not in present:
+            entries.append((name, "empty", oct(mode)[2:]))
+    return entries
+
+
+def setup_script(
+    workdir: Path, rootfs: Path, limits: SandboxLimits, procs_files: list[str], bwrap: list[str]
+) -> str:
+    """The POSIX sh run (as root, in a private mount namespace) that builds the root and execs
+    bubblewrap. Kept as a pure function so the exact mounts can be unit-tested."""
+    q = shlex.quote
+    lines = ["set -eu"]
+    lines += [f"echo $$ > {q(f)}" for f in procs_files]
+    base = q(str(workdir))
+    lines.append(f"mount -t tmpfs -o size={limits.disk_mb}m,mode=0755 cycleqd-sandbox {base}")
+    lines.append(f"mkdir -p {base}/root {base}/upper {base}/work")
+    for name, kind, detail in root_entries(rootfs):
+        target = q(f"{workdir}/root/{name}")
+        if kind == "symlink":
+            lines.append(f"ln -s {q(detail)} {target}")
+        elif kind == "empty":
+            lines.append(f"mkdir -p {target} && chmod {detail} {target}")
+        else:
+            upper, work = q(f"{workdir}/upper/{name}"), q(f"{workdir}/work/{name}")
+            options = q(f"lowerdir={detail},upperdir={workdir}/upper/{name},workdir={workdir}/work/{name}")
+            lines.append(f"mkdir -p {upper} {work} {target}")
+            lines.append(f"mount -t overlay overlay -o {options} {target}")
+    lines.append("exec " + " ".join(q(a) for a in bwrap))
+    return "\n".join(lines) + "\n"
+
+
+def bwrap_command(bwrap: str, new_root: str, hostname: str = "sandbox") -> list[str]:
+    """The bubblewrap command line; the sandboxed program is the control shell (pid 1)."""
+    command = [bwrap, "--bind", new_root, "/", "--dev", "/dev", "--proc", "/proc"]
+    for path in _READ_ONLY_PROC:
+        command += ["--ro-bind-try", path, path]
+    command += [
+        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--hostname", hostname, "--die-with-parent", "--new-session", "--as-pid-1",
+        "--cap-drop", "ALL",
+    ]
+    for capability in CAPABILITIES:
+        command += ["--cap-add", capability]
+    command += [
+        "--chdir", "/root", "--clearenv",
+        "--setenv", "HOME", "/root", "--setenv", "USER", "root", "--setenv", "LOGNAME", "root",
+        "--setenv", "PATH", SANDBOX_PATH, "--setenv", "LANG", "C.UTF-8", "--setenv", "TERM", "dumb",
+        "--", "/bin/bash", "--noprofile", "--norc",
+    ]
+    return command
+
+
+class BwrapSandbox(Sandbox):
+    """One bubblewrap sandbox; see the module docstring for what it isolates."""
+
+    def __init__(self, rootfs: Path, limits: SandboxLimits, bwrap: str, start_timeout: float):
+        super().__init__()
+        self._workdir = Path(tempfile.mkdtemp(prefix="cycleqd-sandbox-"))
+        self._cgroup = CgroupLimits(limits.memory_mb, limits.pids)
+        agent_in_r, agent_in_w = os.pipe()
+        agent_out_r, agent_out_w = os.pipe()
+        self._agent_fds = (agent_in_r, agent_out_w)
+        script = setup_script(
+            self._workdir, rootfs, limits, self._cgroup.procs_files,
+            bwrap_command(bwrap, str(self._workdir / "root")),
+        )
+        try:
+            self._process = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                pass_fds=self._agent_fds, start_new_session=True,
+            )
+        finally:
+            os.close(agent_in_r)
+            os.close(agent_out_w)
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._control = ShellChannel(self._process.stdin, OutputReader(self._process.stdout))
+        self._agent_channel = ShellChannel(os.fdopen(agent_in_w, "wb"), OutputReader(agent_out_r))
+        try:
+            hello = self._control.execute("true", start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        if hello.exit_code != 0:
+            self.close()
+            raise SandboxError(f"the bubblewrap sandbox did not start: {hello.output.strip()[-2000:]}")
+
+    @property
+    def control(self) -> ShellChannel:
+        return self._control
+
+    @property
+    def limited(self) -> bool:
+        """Whether memory and process limits are enforced (a cgroup was available)."""
+        return self._cgroup.available
+
+    def _spawn_agent_shell(self, wrapper: str) -> ShellChannel:
+        fd_in, fd_out = self._agent_fds
+        from mergekit_cycleqd.evaluate.isolation.channel import bash_quote
+
+        self._control_execute(
+            f"( setsid bash -c {bash_quote(wrapper)} <&{fd_in} >&{fd_out} 2>&1 "
+            f"{fd_in}<&- {fd_out}>&- & )",
+            15.0,
+        )
+        return self._agent_channel
+
+    def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self.broken = True
+        try:
+            os.killpg(self._process.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._cgroup.kill_all()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._cgroup.remove()
+        self._control.close()
+        self._agent_channel.close()
+        try:
+            self._workdir.rmdir()
+        except OSError:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class BwrapBackend(SandboxBackend):
+    """Starts :class:`BwrapSandbox` es over one base root filesystem."""
+
+    name = "bwrap"
+
+    def __init__(
+        self,
+        rootfs: str | Path = "/",
+        limits: SandboxLimits | None = None,
+        bwrap: str = "bwrap",
+        start_timeout: float = 60.0,
+    ):
+        self.rootfs = Path(rootfs)
+        self.limits = limits or SandboxLimits()
+        self.start_timeout = start_timeout
+        problems = bwrap_problems(self.rootfs, bwrap)
+        if problems:
+            raise SandboxError("the bwrap sandbox cannot run here: " + "; ".join(problems))
+        self.bwrap = shutil.which(bwrap) or bwrap
+
+    def launch(self, image: str = "default") -> BwrapSandbox:
+        return BwrapSandbox(self.rootfs, self.limits, self.bwrap, self.start_timeout)
+
+
+def bwrap_problems(rootfs: Path, bwrap: str = "bwrap") -> list[str]:
+    """Why the bwrap backend cannot run here (empty when it can)."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("it needs root (overlay mounts and uid 0 with chown/setuid in the sandbox)")
+    for tool in (bwrap, "unshare", "mount"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool!r} is not on PATH (Debian: apt-get install bubblewrap util-linux)")
+    if not rootfs.is_dir():
+        problems.append(f"rootfs {str(rootfs)!r} is not a directory")
+    elif any(c in str(rootfs.resolve()) for c in ",:"):
+        problems.append(f"rootfs {str(rootfs)!r} contains ',' or ':' (overlayfs cannot mount it)")
+    elif not (rootfs / "bin" / "bash").exists() and not (rootfs / "usr" / "bin" / "bash").exists():
+        problems.append(f"rootfs {str(rootfs)!r} has no /bin/bash")
+    return problems

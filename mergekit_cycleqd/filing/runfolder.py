@@ -1,0 +1,139 @@
+"""Layout of a run folder, the resume guard, and rebuilding any model of a run.
+
+RUN/recipe.yml         the resolved recipe (absolute paths)
+RUN/ledger.sqlite      every model with its scores (the source of truth)
+RUN/children/          genome files or weight folders, one per model
+RUN/elites/<id>.yml    a mergekit YAML per elite; mergekit-cycleqd-yaml rebuilds it
+RUN/samples/           per-sample evaluation logs
+RUN/final/             final models and results.json
+RUN/report/            report.html, report.md and figures
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mergekit_cycleqd.errors import RunFolderError
+from mergekit_cycleqd.filing.ledger import ChildRecord, Ledger
+from mergekit_cycleqd.recipe import Recipe, dump_recipe, parse_recipe
+
+# Recipe fields that may change when a run is resumed.
+_RESUMABLE_CHANGES = {"search.generations", "workers", "output", "final"}
+
+
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: data}
+
+
+class RunFolder:
+    def __init__(self, root: Path):
+        self.root = Path(root).absolute()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.root / "recipe.yml"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final"
+
+    def exists(self) -> bool:
+        return self.ledger_path.exists()
+
+    def prepare(self, recipe: Recipe, resume: bool) -> None:
+        """Create the folder, or check that resuming it with this recipe is sound."""
+        text = dump_recipe(recipe)
+        if self.exists():
+            if not resume:
+                with Ledger(self.ledger_path) as ledger:
+                    count = ledger.count()
+                raise RunFolderError(
+                    f"{self.root} already holds a run ({count} models scored). "
+                    f"Continue it with --resume, or start fresh with another --out "
+                    f"(or delete the folder)."
+                )
+            if self.recipe_path.exists():
+                self._check_same_run(
+                    yaml.safe_load(self.recipe_path.read_text()), yaml.safe_load(text)
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("children", "elites", "samples", "final"):
+            (self.root / sub).mkdir(exist_ok=True)
+        temporary = self.recipe_path.with_suffix(".yml.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(self.recipe_path)
+
+    def _check_same_run(self, stored: dict, new: dict) -> None:
+        old_flat, new_flat = _flatten(stored), _flatten(new)
+        changed = [
+            key
+            for key in sorted(set(old_flat) | set(new_flat))
+            if old_flat.get(key) != new_flat.get(key)
+            and not any(key == p or key.startswith(p + ".") for p in _RESUMABLE_CHANGES)
+        ]
+        if changed:
+            details = ", ".join(
+                f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in changed[:5]
+            )
+            raise RunFolderError(
+                f"cannot resume {self.root}: the recipe differs from the one it was started with "
+                f"({details}). Only search.generations, workers, output and final may change; "
+                f"start a fresh run folder for a different search."
+            )
+
+    def load_recipe(self) -> Recipe:
+        if not self.recipe_path.exists():
+            raise RunFolderError(f"{self.root} is not a run folder (no recipe.yml)")
+        return parse_recipe(self.recipe_path.read_text(encoding="utf-8"), str(self.recipe_path))
+
+    def elite_config_path(self, child_id: int) -> Path:
+        return self.root / "elites" / f"{child_id}.yml"
+
+    def write_elite_config(self, breeder: Any, record: ChildRecord) -> Path:
+        """A mergekit YAML that rebuilds this model (mergekit-cycleqd-yaml CONFIG OUT)."""
+        config = breeder.mergekit_config(self.root / record.model_path)
+        path = self.elite_config_path(record.id)
+        header = (
+            f"# CycleQD model {record.id} ({record.name}); scores {record.scores}\n"
+            f"# rebuild: mergekit-cycleqd-yaml {path.name} OUT_DIR\n"
+        )
+        path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return path
+
+
+def model_file(run_dir: Path, child_id: int | str) -> Path:
+    """The stored model file of a run's child (or of the final model, ``"final"``)."""
+    folder = RunFolder(run_dir)
+    if not folder.exists():
+        raise RunFolderError(f"{folder.root} is not a run folder (no ledger.sqlite)")
+    with Ledger(folder.ledger_path) as ledger:
+        if child_id == "final":
+            finals = [r for r in ledger.children(role="final") if r.name == "cycleqd-final"]
+            if not finals:
+                raise RunFolderError(f"{folder.root} has no final model yet; finish the run first")
+            record = finals[-1]
+        else:
+            try:
+                record = ledger.child(int(child_id))
+            except KeyError as error:
+                raise RunFolderError(str(error.args[0])) from None
+        if not record.model_path:
+            raise RunFolderError(
+                f"model {record.id} ({record.name}) has no stored weights: status {record.status}"
+                + (f" ({record.error})" if record.error else "")
+            )
+        return folder.root / record.model_path

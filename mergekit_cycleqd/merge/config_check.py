@@ -1,0 +1,88 @@
+"""Strict checking of parameter names in YAML configs that use the plugin's methods.
+
+mergekit's planner silently ignores unknown parameter names, so a typo such as
+``mutation_rte: 0.2`` would merge with the default rate and nobody would notice.
+For ``cycleqd`` and ``cycleqd_genome`` configs we refuse them, naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mergekit.merge_methods import ParameterScope, get
+
+from mergekit_cycleqd.errors import InvalidParameterError, UnknownParameterError
+from mergekit_cycleqd.merge.methods import METHODS
+from mergekit_cycleqd.merge.mutations import MUTATION_KINDS
+
+PLUGIN_METHODS = {method.spec.name for method in METHODS}
+
+
+def _parameter_blocks(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping, bool]]:
+    """(location, parameters, per_model) for every parameters block in a config."""
+
+    def models(prefix: str, items: Any) -> Iterator[tuple[str, Mapping, bool]]:
+        for i, item in enumerate(items or []):
+            if isinstance(item, Mapping) and item.get("parameters"):
+                yield f"{prefix}[{i}].parameters", item["parameters"], True
+
+    def slices(prefix: str, items: Any) -> Iterator[tuple[str, Mapping, bool]]:
+        for i, item in enumerate(items or []):
+            if not isinstance(item, Mapping):
+                continue
+            if item.get("parameters"):
+                yield f"{prefix}[{i}].parameters", item["parameters"], False
+            yield from models(f"{prefix}[{i}].sources", item.get("sources"))
+
+    if config.get("parameters"):
+        yield "parameters", config["parameters"], False
+    yield from models("models", config.get("models"))
+    yield from slices("slices", config.get("slices"))
+    for name, module in (config.get("modules") or {}).items():
+        if not isinstance(module, Mapping):
+            continue
+        if module.get("parameters"):
+            yield f"modules.{name}.parameters", module["parameters"], False
+        yield from models(f"modules.{name}.models", module.get("models"))
+        yield from slices(f"modules.{name}.slices", module.get("slices"))
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise UnknownParameterError / InvalidParameterError for a bad plugin config.
+
+    Configs for other merge methods pass untouched (mergekit's behaviour is kept).
+    """
+    method_name = config.get("merge_method")
+    if method_name not in PLUGIN_METHODS:
+        return
+    spec = get(method_name).spec
+    shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED}
+    per_model = {p.name for p in spec.parameters if p.scope != ParameterScope.SHARED}
+    for location, block, is_model in _parameter_blocks(config):
+        if not isinstance(block, Mapping):
+            raise InvalidParameterError(f"{location} must be a mapping; got {block!r}")
+        for key in block:
+            if key in (per_model | shared) and not (is_model and key in shared):
+                continue
+            if is_model and key in shared:
+                raise UnknownParameterError(
+                    f"{location}.{key}: {key!r} is a global parameter of {method_name}; "
+                    "set it under the top-level parameters (mergekit would ignore it here)"
+                )
+            known = ", ".join(sorted(per_model if is_model else shared | per_model))
+            raise UnknownParameterError(
+                f"{location}.{key}: unknown parameter {key!r} for merge method "
+                f"{method_name} (known: {known})"
+            )
+    top = config.get("parameters") or {}
+    mutation = top.get("mutation", "none")
+    if isinstance(mutation, str) and mutation not in MUTATION_KINDS:
+        raise InvalidParameterError(
+            f"parameters.mutation: {mutation!r} is not one of {', '.join(MUTATION_KINDS)}"
+        )
+    if mutation == "svd" and not top.get("svd_factors"):
+        raise InvalidParameterError(
+            "parameters.svd_factors is required with mutation: svd "
+            "(the SVD cache file of the active task's expert)"
+        )

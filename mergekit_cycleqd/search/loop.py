@@ -1,0 +1,325 @@
+"""The CycleQD driver: seeds, BC ranges, the steady-state cycle, resume.
+
+Determinism: everything random about generation g (parents, crossover weights,
+mutation seed) comes from ``default_rng([seed, g])`` applied to the archives as
+they stand when the job is issued. With one in-process worker the archives at
+issue time depend only on the ledger, so a run killed at any moment and resumed
+produces exactly the ledger an uninterrupted run produces.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mergekit_cycleqd.errors import RunError
+from mergekit_cycleqd.filing.archive import (
+    Archive,
+    archives_from_ledger,
+    filable,
+    offer_to_all,
+    paper_range,
+)
+from mergekit_cycleqd.filing.ledger import Ledger
+from mergekit_cycleqd.filing.runfolder import RunFolder
+from mergekit_cycleqd.recipe import Recipe, RecipeError
+from mergekit_cycleqd.recipe.models import hub_id, resolve_models
+from mergekit_cycleqd.search.executor import Executor, InProcessExecutor, RayExecutor
+from mergekit_cycleqd.search.jobs import Job, JobResult
+from mergekit_cycleqd.search.progress import RunProgress
+from mergekit_cycleqd.search.sampling import sample_parents
+from mergekit_cycleqd.search.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    generations_done: int
+    failed: int
+    best: dict[str, tuple[int, float]] = field(default_factory=dict)
+    coverage: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish and commit the children in flight, then stop. Second: abort now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: finishing the children in flight, then stopping (Ctrl-C again aborts)")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def active_task(tasks: list[str], generation: int) -> str:
+    """Generation g optimises tasks[g mod K] (CYCLEQD.md)."""
+    return tasks[generation % len(tasks)]
+
+
+class CycleQD:
+    """Runs (or resumes) one recipe into one run folder."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False):
+        self.recipe = recipe
+        self.folder = RunFolder(run_dir)
+        self.folder.prepare(recipe, resume=resume)
+        self.ledger = Ledger(self.folder.ledger_path)
+        self.tasks = recipe.task_names
+        self.base, self.experts = self._resolve_models()
+        self._record_meta()
+        self.archives: dict[str, Archive] = {}
+        self.executor: Executor | None = None
+
+    def _resolve_models(self) -> tuple[Path, list[Path]]:
+        if self.recipe.assets is not None:
+            from mergekit_cycleqd.recipe.assets import build_assets
+
+            build_assets(self.recipe.assets)
+        return resolve_models(self.recipe)
+
+    def _record_meta(self) -> None:
+        meta = self.ledger.meta()
+        if "tasks" in meta and meta["tasks"] != self.tasks:
+            raise RunError(
+                f"{self.folder.root}: this run scored tasks {meta['tasks']}, the recipe has "
+                f"{self.tasks}; start a fresh run folder instead of resuming"
+            )
+        self.ledger.set_meta(
+            tasks=self.tasks,
+            bins=self.recipe.bins,
+            seed=self.recipe.search.seed,
+            recipe=self.folder.recipe_path.read_text(encoding="utf-8"),
+            models={
+                "base": {"path": str(self.base), "hub_id": hub_id(self.recipe.base_model)},
+                "experts": [
+                    {"name": e.name, "task": e.task, "path": str(p), "hub_id": hub_id(e)}
+                    for e, p in zip(self.recipe.experts, self.experts)
+                ],
+            },
+        )
+
+    # ---- executor -----------------------------------------------------------
+    def _make_executor(self) -> Executor:
+        workers = self.recipe.workers
+        if workers.executor == "ray":
+            return RayExecutor(
+                self.recipe,
+                self.folder.root,
+                self.base,
+                self.experts,
+                self.folder.recipe_path.read_text(encoding="utf-8"),
+            )
+        if workers.count != 1:
+            log.warning(
+                "the local executor runs one worker; workers.count=%d ignored", workers.count
+            )
+        return InProcessExecutor(
+            lambda: Worker(self.recipe, self.folder.root, self.base, self.experts)
+        )
+
+    # ---- phases -------------------------------------------------------------
+    def run(self, generations: int | None = None) -> RunSummary:
+        """Run seeds and the cycle up to ``generations`` (default: the recipe's)."""
+        total = self.recipe.search.generations if generations is None else generations
+        self.executor = self._make_executor()
+        interrupted = False
+        try:
+            self._run_seeds()
+            self._fix_ranges()
+            self.archives = archives_from_ledger(self.ledger)
+            self._write_all_elite_configs()
+            interrupted = self._cycle(total)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.executor.close()
+        if interrupted:
+            log.warning("interrupted: every finished child is committed; continue with --resume")
+        return self.summary(interrupted)
+
+    def _run_seeds(self) -> None:
+        done = {r.name for r in self.ledger.children(role="seed", status=None)}
+        jobs = [
+            Job(
+                generation=0,
+                role="seed",
+                name=f"seed:{e.name}",
+                model_stem=f"children/seed-{i}",
+                expert_index=i,
+            )
+            for i, e in enumerate(self.recipe.experts)
+        ]
+        if self.recipe.search.seed_base:
+            jobs.append(Job(
+                    generation=0,
+                    role="seed",
+                    name="seed:base",
+                    model_stem="children/seed-base",
+                    expert_index=None,
+                ))
+        for job in jobs:
+            if job.name not in done:
+                self.executor.submit(job)
+                self.tell(self.executor.next_result())
+        seeds = self.ledger.children(role="seed", status=None)
+        if not any(s.ok for s in seeds):
+            errors = "; ".join(f"{s.name}: {s.error}" for s in seeds)
+            raise RunError(f"every seed model failed to score, nothing to evolve from: {errors}")
+
+    def _fix_ranges(self) -> None:
+        """BC ranges: explicit in the recipe, else 85 %/115 % of the experts' scores."""
+        if "bc_ranges" in self.ledger.meta():
+            return
+        experts = [r for r in self.ledger.children(role="seed") if r.name != "seed:base"]
+        ranges = {}
+        for task in self.recipe.tasks:
+            if task.range is not None:
+                ranges[task.name] = list(task.range)
+            else:
+                scores = [r.scores[task.name] for r in experts if task.name in r.scores]
+                ranges[task.name] = list(paper_range(scores))
+        self.ledger.set_meta(bc_ranges=ranges)
+
+    def _cycle(self, total: int) -> bool:
+        """Issue and file children; returns True when stopped by Ctrl-C."""
+        done = {r.generation for r in self.ledger.children(role="child", status=None)}
+        pending = [g for g in range(1, total + 1) if g not in done]
+        progress = RunProgress(self.tasks, total, initial=total - len(pending))
+        with progress, _GracefulInterrupt() as interrupt:
+            progress.update(self.archives, None)
+            while pending or self.executor.in_flight():
+                while (
+                    pending
+                    and not interrupt.requested
+                    and self.executor.in_flight() < self.executor.capacity
+                ):
+                    self.executor.submit(self.ask(pending.pop(0)))
+                if not self.executor.in_flight():
+                    break
+                result = self.executor.next_result()
+                self.tell(result)
+                progress.update(self.archives, result)
+        return interrupt.requested
+
+    def ask(self, generation: int) -> Job:
+        """The job for child ``generation``: active task, parents, ω and mutation seed.
+
+        Deterministic given the archives as they stand now and ``[seed, generation]``;
+        it changes nothing, so asking again before any ``tell`` gives the same job.
+        """
+        task = active_task(self.tasks, generation)
+        rng = np.random.default_rng([self.recipe.search.seed, generation])
+        search = self.recipe.search
+        parents = sample_parents(self.archives, task, search.sampling, rng)
+        weights = rng.normal(search.crossover.mu, search.crossover.sigma, size=2)
+        mutation_seed = int(rng.integers(0, 2**31 - 1))
+        paths = tuple(self.ledger.child(p).model_path for p in parents)
+        return Job(
+            generation=generation,
+            role="child",
+            name=f"gen{generation}",
+            model_stem=f"children/g{generation:06d}",
+            active_task=task,
+            parents=tuple(parents),
+            parent_paths=paths,
+            weights=tuple(float(w) for w in weights),
+            mutation_task=self.recipe.expert_for(task),
+            mutation_seed=mutation_seed,
+        )
+
+    def tell(self, result: JobResult) -> None:
+        """File one finished job: one ledger transaction, then the archives and elite configs.
+
+        Every evaluated model is offered to every archive. Results may arrive in any
+        order; the ledger records the order they were filed in.
+        """
+        started = time.perf_counter()
+        job = result.job
+        child_id = self.ledger.add_child(
+            generation=job.generation,
+            role=job.role,
+            name=job.name,
+            status=result.status,
+            scores=result.scores,
+            active_task=job.active_task,
+            parents=job.parents,
+            weights=job.weights,
+            mutation_seed=job.mutation_seed,
+            model_path=result.model_path,
+            error=result.error,
+            merge_s=result.merge_s,
+            eval_s=result.eval_s,
+        )
+        if self.archives:
+            record = self.ledger.child(child_id)
+            if filable(record, self.tasks):
+                if offer_to_all(self.archives, record):
+                    self.folder.write_elite_config(self._breeder(), record)
+        self.ledger.set_file_time(child_id, time.perf_counter() - started)
+
+    def _breeder(self):
+        worker = getattr(self.executor, "worker", None)
+        if worker is not None:
+            return worker.breeder
+        if not hasattr(self, "_config_breeder"):
+            from mergekit_cycleqd.search.worker import make_breeder
+
+            self._config_breeder = make_breeder(self.recipe, self.base, self.experts, "cpu")
+        return self._config_breeder
+
+    def _write_all_elite_configs(self) -> None:
+        members = {e.child_id for a in self.archives.values() for e in a.elites.values()}
+        for child_id in sorted(members):
+            if not self.folder.elite_config_path(child_id).exists():
+                self.folder.write_elite_config(self._breeder(), self.ledger.child(child_id))
+
+    def summary(self, interrupted: bool = False) -> RunSummary:
+        archives = self.archives or archives_from_ledger(self.ledger)
+        best = {}
+        for task, archive in archives.items():
+            elite = archive.best()
+            if elite is not None:
+                best[task] = (elite.child_id, elite.quality)
+        return RunSummary(
+            run_dir=self.folder.root,
+            generations_done=len(self.ledger.children(role="child", status=None)),
+            failed=len(self.ledger.children(role="child", status="failed")),
+            best=best,
+            coverage={t: a.coverage() for t, a in archives.items()},
+            interrupted=interrupted,
+        )
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def check_models(recipe: Recipe) -> None:
+    """Resolve base and experts now so a bad path fails before any work."""
+    if recipe.assets is None:
+        resolve_models(recipe)
+
+
+__all__ = ["CycleQD", "RunError", "RunSummary", "RecipeError", "active_task"]
