@@ -12,20 +12,24 @@
 
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
+    EvaluatorOptions,
     GenerationConfig,
     ModelBackend,
     TaskResult,
     build_evaluator,
+    evaluator_class,
     evaluator_kinds,
     register_evaluator,
 )
 
 __all__ = [
     "Evaluator",
+    "EvaluatorOptions",
     "GenerationConfig",
     "ModelBackend",
     "TaskResult",
     "build_evaluator",
+    "evaluator_class",
     "evaluator_kinds",
     "register_evaluator",
 ]

@@ -9,7 +9,6 @@ Evaluators are looked up by kind name; their options are pydantic models with
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,6 +86,8 @@ class Evaluator(ABC):
     """
 
     Options: ClassVar[type[EvaluatorOptions]] = EvaluatorOptions
+    api_version: ClassVar[int] = 1
+    """The evaluator contract this class implements (see docs/evaluator-api.md)."""
 
     def __init__(self, options: EvaluatorOptions):
         self.options = options
@@ -119,18 +120,19 @@ def register_evaluator(kind: str, target: str) -> None:
 
 
 def evaluator_kinds() -> list[str]:
-    return sorted(_REGISTRY)
+    """Built-in kinds, kinds registered at run time, and installed packages' entry points."""
+    from mergekit_cycleqd.evaluate.plugins import entry_point_kinds
+
+    return sorted(set(_REGISTRY) | set(entry_point_kinds()))
 
 
 def evaluator_class(kind: str) -> type[Evaluator]:
-    try:
-        target = _REGISTRY[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown evaluator {kind!r}; known evaluators: {', '.join(evaluator_kinds())}"
-        ) from None
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    """The class a recipe's ``evaluator:`` names: a registered kind, an installed
+    package's entry point (group ``mergekit_cycleqd.evaluators``), or an import path
+    ``package.module:ClassName``. Raises ValueError naming close matches."""
+    from mergekit_cycleqd.evaluate.plugins import resolve_evaluator
+
+    return resolve_evaluator(kind, _REGISTRY, Evaluator)
 
 
 def build_evaluator(kind: str, options: dict[str, Any]) -> Evaluator:

@@ -16,6 +16,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria
 
+from mergekit_cycleqd.evaluate.backends.checkpoint_names import (
+    CheckpointNamedView,
+    checkpoint_tensor_names,
+    load_renaming,
+)
 from mergekit_cycleqd.evaluate.backends.scripted import truncate_at_stop
 from mergekit_cycleqd.evaluate.base import GenerationConfig, Message, Prompt
 from mergekit_cycleqd.merge.weights import WeightSource
@@ -78,6 +83,41 @@ class StopOnStrings(StoppingCriteria):
         return done
 
 
+def resolve_model_class(name: str) -> Any:
+    """A transformers model class by name (``AutoModelForCausalLM``, ``SegformerForSemanticSegmentation``...)."""
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(
+            f"backend.options.model_class: {name!r} is not a transformers model class "
+            "(e.g. AutoModelForCausalLM, AutoModelForSemanticSegmentation)"
+        )
+    return cls
+
+
+def load_tokenizer(model_path: Path, trust_remote_code: bool, model_class: str) -> Any:
+    """The model's tokenizer, padded for batched generation; None for models without one
+    (vision models), which then serve evaluators that read ``backend.model`` directly."""
+    from transformers import AutoTokenizer
+
+    causal = model_class == "AutoModelForCausalLM" or model_class.endswith("ForCausalLM")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        if causal:
+            raise
+        return None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"tokenizer of {model_path} has neither a pad nor an eos token; "
+                "batched generation needs one of them"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class TransformersBackend:
     """A causal LM resident on one device; see the module docstring.
 
@@ -95,33 +135,35 @@ class TransformersBackend:
         dtype: str | torch.dtype | None = None,
         batch_size: int = 16,
         trust_remote_code: bool = False,
+        model_class: str = "AutoModelForCausalLM",
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         # Loaded straight onto the device (no full copy in CPU memory first).
-        self.model = AutoModelForCausalLM.from_pretrained(
+        self.model = resolve_model_class(model_class).from_pretrained(
             self.model_path,
             dtype=resolve_dtype(dtype),
             device_map=str(self.device),
             trust_remote_code=trust_remote_code,
         )
         self.model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.model_path, trust_remote_code=trust_remote_code
-        )
-        if self.tokenizer.pad_token_id is None:
-            if self.tokenizer.eos_token_id is None:
-                raise ValueError(
-                    f"tokenizer of {self.model_path} has neither a pad nor an eos token; "
-                    "batched generation needs one of them"
-                )
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(self.model_path, trust_remote_code, model_class)
+        renaming = load_renaming(self.model, checkpoint_tensor_names(self.model_path))
+        identity = all(k == v for k, v in renaming.items())
+        self._swap_target = self.model if identity else CheckpointNamedView(self.model, renaming)
         self._lm: Any = None
+
+    def _text_model(self, what: str) -> None:
+        """Refuse text generation on a model that has no tokenizer or no ``generate``."""
+        if self.tokenizer is None or not hasattr(self.model, "generate"):
+            raise ValueError(
+                f"{what} needs a text-generating model with a tokenizer; "
+                f"{self.model_path} was loaded as {type(self.model).__name__}. Evaluators of "
+                "other model families read backend.model directly (docs/evaluator-api.md)"
+            )
 
     # ------------------------------------------------------------------ prompts
     def render_chat(self, messages: Sequence[Message]) -> str:
@@ -147,6 +189,7 @@ class TransformersBackend:
     # --------------------------------------------------------------- generation
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
         """One completion per prompt, in order, cut at the first stop string."""
+        self._text_model("generate")
         encoded = [self.encode_prompt(p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -192,7 +235,7 @@ class TransformersBackend:
     # ------------------------------------------------------------------ weights
     def load_child(self, weights: WeightSource) -> None:
         """Overwrite the resident parameters in place (the lm-eval wrapper sees them too)."""
-        weights.copy_into(self.model)
+        weights.copy_into(self._swap_target)
 
     def lm_eval_model(self) -> Any:
         """lm-eval's own HFLM over the resident model, built once and reused.
@@ -200,6 +243,7 @@ class TransformersBackend:
         HFLM keeps a reference to ``self.model``; since children are copied into
         that same module, every later evaluation sees the current child.
         """
+        self._text_model("lm-eval scoring")
         if self._lm is None:
             from lm_eval.models.huggingface import HFLM
 
