@@ -109,6 +109,7 @@ _REGISTRY: dict[str, str] = {
     "os_interaction": "mergekit_cycleqd.evaluate.agentbench.os_interaction:OSInteractionEvaluator",
     "agentbench_server": "mergekit_cycleqd.evaluate.agentbench.taskserver:TaskServerEvaluator",
     "weight_probe": "mergekit_cycleqd.evaluate.weight_probe:WeightProbeEvaluator",
+    "iou": "mergekit_cycleqd.evaluate.vision.iou:IoUEvaluator",
 }
 
 

@@ -17,4 +17,12 @@ def build_assets(config: AssetsConfig) -> Path:
         # quick: shorter training and small splits, for tests and smoke runs
         quick = ToyConfig(base_steps=300, expert_steps=200, n_opt=12, n_test=24)
         build_toy_assets(folder, config=quick if config.quick else None)
+    elif config.builder == "segmentation":
+        from mergekit_cycleqd.toy.segmentation import (
+            SegmentationToyConfig,
+            build_segmentation_assets,
+        )
+
+        quick = SegmentationToyConfig(base_steps=150, expert_steps=60, n_opt=16, n_test=24)
+        build_segmentation_assets(folder, quick if config.quick else None)
     return folder

@@ -125,7 +125,7 @@ class FinalConfig(_Strict):
 
 
 class AssetsConfig(_Strict):
-    builder: Literal["toy"]
+    builder: Literal["toy", "segmentation"]
     dir: str = ".cache/mergekit-cycleqd/toy"
     quick: bool = Field(False, description="smaller/faster assets (tests)")
 

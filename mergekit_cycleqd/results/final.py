@@ -154,6 +154,9 @@ def _baseline_config(method: str, base: Path, experts: list[Path]) -> dict[str, 
     return config
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
     """Merge with mergekit's own planner into a fresh folder."""
     import copy
@@ -165,10 +168,12 @@ def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
     if out_dir.exists() and (out_dir / "config.json").exists():
         return out_dir
     text = yaml.safe_dump(config, sort_keys=False)
+    # Vision models have no tokenizer; mergekit's default copy would fail on them.
+    tokenizer = any((Path(config["base_model"]) / n).exists() for n in TOKENIZER_FILES)
     run_merge(
         MergeConfiguration.model_validate(copy.deepcopy(config)),
         str(out_dir),
-        options=MergeOptions(copy_tokenizer=True, write_model_card=False, lazy_unpickle=True),
+        options=MergeOptions(copy_tokenizer=tokenizer, write_model_card=False, lazy_unpickle=True),
         config_source=text,
     )
     (out_dir / "mergekit_config.yml").write_text(text, encoding="utf-8")

@@ -98,7 +98,8 @@ def build_segmentation_assets(out_dir: Path, config: SegmentationToyConfig | Non
     """Build (or reuse) base, experts and evaluation data under ``out_dir``."""
     config = config or SegmentationToyConfig()
     out_dir = Path(out_dir)
-    wanted = {"version": FORMAT_VERSION, "config": asdict(config)}
+    # through JSON once, so tuples compare equal to the lists a stamp file holds
+    wanted = json.loads(json.dumps({"version": FORMAT_VERSION, "config": asdict(config)}))
     stamp = out_dir / STAMP
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return out_dir

@@ -1,0 +1,1 @@
+"""Vision tasks scored on the resident model's outputs (no text generation)."""
