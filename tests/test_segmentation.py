@@ -77,3 +77,26 @@ def test_segmentation_recipe_runs_end_to_end(tmp_path):
     assert {"task_arithmetic (mergekit)", "ties (mergekit)"} <= set(rows)
     # the expert fine-tuned on polyps segments polyps better than the base does
     assert rows["expert: polyp"]["scores"]["polyp"] > rows["base"]["scores"]["polyp"]
+
+
+def test_pairwise_study_reads_every_pair_from_its_own_run(tiny_family, tmp_path):
+    """Three experts -> three two-expert runs; the table restates each run's results.json."""
+    from mergekit_cycleqd.results.pairs import run_pairs
+    from tests.probe_recipe import probe_recipe, write_recipe
+
+    base, experts = tiny_family
+    raw = probe_recipe(base, experts, generations=3)
+    raw["final"] = {"baselines": [], "materialize": False, "similarity": False}
+    recipe = write_recipe(tmp_path / "probe.yml", raw)
+    rows = run_pairs(recipe, tmp_path / "pairs")
+    assert [(r.task_a, r.task_b) for r in rows] == [("t0", "t1"), ("t0", "t2"), ("t1", "t2")]
+    for row in rows:
+        results = json.loads((tmp_path / "pairs" / f"{row.task_a}-{row.task_b}" / "final" / "results.json").read_text())
+        assert results["tasks"] == [row.task_a, row.task_b]
+        final = [r for r in results["rows"] if r["kind"] == "final"][0]
+        assert (row.score_a, row.score_b) == (final["scores"][row.task_a], final["scores"][row.task_b])
+        # weight_probe scores an expert 1.0 on its own task, so "kept" is the plain mean
+        assert row.kept == pytest.approx((row.score_a + row.score_b) / 2)
+        assert -1.0 <= row.similarity <= 1.0
+    table = (tmp_path / "pairs" / "pairs.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and (tmp_path / "pairs" / "pairs.png").stat().st_size > 0

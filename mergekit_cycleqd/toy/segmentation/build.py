@@ -103,7 +103,8 @@ def build_segmentation_assets(out_dir: Path, config: SegmentationToyConfig | Non
     stamp = out_dir / STAMP
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return out_dir
-    if out_dir.exists():
+    final_dir, out_dir = out_dir, out_dir.with_name(out_dir.name + ".building")
+    if out_dir.exists():  # a build that was interrupted
         shutil.rmtree(out_dir)
     data = out_dir / "data"
     data.mkdir(parents=True)
@@ -124,5 +125,9 @@ def build_segmentation_assets(out_dir: Path, config: SegmentationToyConfig | Non
             )
             _train(expert, mix, config.expert_steps, config.expert_lr, domain)
             expert.save_pretrained(out_dir / "experts" / domain)
-    stamp.write_text(json.dumps(wanted, indent=1))
-    return out_dir
+    (out_dir / STAMP).write_text(json.dumps(wanted, indent=1))
+    # appear whole or not at all: an interrupted build never leaves a half folder behind
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    out_dir.rename(final_dir)
+    return final_dir
