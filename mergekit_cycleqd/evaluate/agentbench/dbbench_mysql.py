@@ -227,8 +227,10 @@ class MySQLTaskDatabase(TaskDatabase):
                         iter(cursor.fetchone, None), self.backend.max_result_bytes
                     )
                     if outcome.truncated:
-                        # Stop reading: the rest of the result dies with the connection.
+                        # Stop reading: the server ends the statement; what it
+                        # had already sent is read and dropped row by row.
                         self.backend.kill(connection.cqd_id)
+                        _drain(cursor)
                         break
                 else:
                     outcome.rows = []
@@ -276,6 +278,13 @@ class MySQLTaskDatabase(TaskDatabase):
             logger.warning(
                 "could not drop task database %s (%s); drop it by hand", self.name, error
             )
+
+
+def _drain(cursor: Any) -> None:
+    try:
+        cursor.close()
+    except Exception:  # noqa: BLE001 - the kill ends the result with an error
+        pass
 
 
 def _close_quietly(connection: Any) -> None:
