@@ -13,16 +13,19 @@ may only touch its own database, and both are dropped when the task ends.
   closed after it (AgentBench reconnects before every statement too), so the
   server sees at most ``concurrency`` task connections plus two administrative
   ones, whatever the number of tasks (a default server allows 151).
-- Files: every task session runs with ``NO_DIR_IN_CREATE``; because a session
-  can change its own ``sql_mode``, the server itself should run as an
-  unprivileged user with ``NO_DIR_IN_CREATE`` in its global ``sql_mode`` (a
-  warning says so when it is missing).
+- Files: every task session runs with ``NO_DIR_IN_CREATE`` (``DATA DIRECTORY``
+  and ``INDEX DIRECTORY`` are ignored), and model SQL that names ``sql_mode``
+  or runs dynamic SQL is refused, since a session may change its own mode. The
+  server itself should also run as an unprivileged user with
+  ``NO_DIR_IN_CREATE`` in its global ``sql_mode`` (a warning says so when the
+  mode is missing).
 - Memory: results are read unbuffered and capped in bytes while fetching.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 from typing import Any
@@ -40,6 +43,9 @@ from mergekit_cycleqd.evaluate.agentbench.db_backends import (
 
 logger = logging.getLogger(__name__)
 
+# A session may change its own sql_mode (and so lift NO_DIR_IN_CREATE), directly or
+# through dynamic SQL; no DBBench task needs either, so such text is refused.
+_SESSION_ESCAPES = re.compile(r"sql_mode|\bprepare\s|\bexecute\s", re.IGNORECASE)
 KILL_GRACE_S = 1.0  # the server's own limit fires first; the watchdog is the guarantee
 CLEANUP_LOCK_WAIT_S = 10
 
@@ -201,6 +207,10 @@ class MySQLTaskDatabase(TaskDatabase):
     def execute(self, sql: str) -> QueryOutcome:
         """One fresh connection per step; a watchdog kills it when the time is up."""
         pymysql = self.backend._pymysql
+        if _SESSION_ESCAPES.search(sql):
+            return QueryOutcome(
+                error="changing sql_mode and dynamic SQL (PREPARE/EXECUTE) are not allowed here"
+            )
         try:
             connection = self._connect()
         except pymysql.err.MySQLError as error:
