@@ -108,7 +108,7 @@ HAND = {
     1: ("SELECT City FROM Cities WHERE Population LIKE '513%'", '["Lyon"]'),
     2: ("SELECT City FROM Cities WHERE Country LIKE 'CAN%'", '["Toronto", "Montréal"]'),
     3: ("INSERT INTO Cities VALUES ('Paris', 'France', '2,102,650')", "[]"),
-    4: ("UPDATE Cities SET Population = '1,800,000' WHERE City = 'MONTREAL'", "[]"),
+    4: ("UPDATE Cities SET Population = '1,800,000' WHERE City LIKE 'MONTREAL'", "[]"),
     5: ("UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\nfastest lap' WHERE Driver LIKE 'nino%'", "[]"),
     6: ("UPDATE 1952_British_Grand_Prix_0 SET Note = 'pole' WHERE Driver = 'Alberto Ascari'", "[]"),
     7: ("UPDATE Scores SET Team = 'X' WHERE Points >= 10", "[]"),
