@@ -23,7 +23,7 @@ from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import (
 )
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.base import build_evaluator
-from tests.dbbench_fixtures import HAND, NEAR_MISS, RECORDS, scripted, write_records
+from tests.dbbench_fixtures import HAND, NEAR_MISS, RECORDS, record, scripted, write_records
 from tests.mariadb_server import mariadb_server as _mariadb_server_fixture
 from tests.mariadb_server import start_mariadb
 
@@ -220,3 +220,19 @@ def test_the_test_server_runs_unprivileged(mariadb_server):
         cursor.execute("SELECT @@GLOBAL.sql_mode, @@max_connections")
         sql_mode, max_connections = cursor.fetchone()
     assert "NO_DIR_IN_CREATE" in sql_mode and max_connections == 151
+
+
+def test_strict_mode_rejects_text_compared_with_a_number(tmp_path, mariadb_server):
+    """The known data problem: such a gold UPDATE fails on MySQL (error 1292), not on SQLite."""
+    gold = "UPDATE `Points table` SET Team = 'X' WHERE Points = 16"
+    points = ("Points table", ["Team", "Points"], [["A", "16"], ["B", "n/a"]])
+    path = write_records(tmp_path / "strict.jsonl", [
+        record(points, "UPDATE", [gold], "Rename the team with 16 points to X.",
+               md5_rows=[["X", "16"], ["B", "n/a"]]),
+    ])
+    sqlite = build_evaluator("dbbench", {"path": str(path)})
+    assert sqlite.evaluate(ScriptedBackend(gold_agent(sqlite))).score == pytest.approx(1 / 3)
+    result, seen = attack(on_server(path, mariadb_server), [gold], [])
+    assert seen[0].startswith("1292: Truncated incorrect") and "'n/a'" in seen[0]
+    assert result.samples[0]["correct"] is False
+    assert leftovers(mariadb_server) == ([], [], [])

@@ -109,13 +109,17 @@ class MySQLBackend(DatabaseBackend):
             cursor.execute(sql, args)
             return list(cursor.fetchall())
 
-    def admin(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-        """Run a trusted statement on the administrative connection (serialised)."""
+    def admin(self, sql: str, args: Any = None, *, many: bool = False) -> list[tuple[Any, ...]]:
+        """Run a trusted statement (``many``: once per row of ``args``) on the admin connection."""
         with self._admin_lock:
             try:
                 self._admin.ping(reconnect=False)
             except self._pymysql.err.Error:
                 self._admin = self._connect_admin()
+            if many:
+                with self._admin.cursor() as cursor:
+                    cursor.executemany(sql, args)
+                return []
             return self._run(self._admin, sql, args)
 
     def kill(self, connection_id: int) -> None:
@@ -169,8 +173,7 @@ class MySQLTaskDatabase(TaskDatabase):
             backend.admin(f"CREATE TABLE {target} ({columns})")
             if table.rows:
                 placeholders = ", ".join("%s" for _ in table.columns)
-                with backend._admin_lock, backend._admin.cursor() as cursor:
-                    cursor.executemany(f"INSERT INTO {target} VALUES ({placeholders})", table.rows)
+                backend.admin(f"INSERT INTO {target} VALUES ({placeholders})", table.rows, many=True)
         except BaseException:
             self.close()
             raise
@@ -291,10 +294,15 @@ class MySQLTaskDatabase(TaskDatabase):
 
 
 def _drain(cursor: Any) -> None:
+    """Read what the killed statement had sent; then mark the result finished, or
+    pymysql tries to read it again from a closed socket when it is collected."""
+    result = getattr(cursor, "_result", None)
     try:
         cursor.close()
     except Exception:  # noqa: BLE001 - the kill ends the result with an error
         pass
+    if result is not None:
+        result.unbuffered_active = False
 
 
 def _close_quietly(connection: Any) -> None:
