@@ -162,7 +162,7 @@ def test_other_databases_and_accounts_are_out_of_reach(fixture_path, mariadb_ser
     ]
     result, seen = attack(on_server(fixture_path, mariadb_server, indices=[3]), attacks, [])
     assert result.score == 0.0
-    assert all(s.startswith(("1044", "1142", "1227", "1045")) for s in seen[:5]), seen
+    assert all(s.startswith(("1044 (42000)", "1142 (42000)", "1227 (42000)")) for s in seen[:5]), seen
     assert seen[5] == "[(None,)]"
     assert "sentinel" not in seen[6]
     with mariadb_server.connect() as connection, connection.cursor() as cursor:
@@ -233,6 +233,25 @@ def test_strict_mode_rejects_text_compared_with_a_number(tmp_path, mariadb_serve
     sqlite = build_evaluator("dbbench", {"path": str(path)})
     assert sqlite.evaluate(ScriptedBackend(gold_agent(sqlite))).score == pytest.approx(1 / 3)
     result, seen = attack(on_server(path, mariadb_server), [gold], [])
-    assert seen[0].startswith("1292: Truncated incorrect") and "'n/a'" in seen[0]
+    assert seen[0].startswith("1292 (22007): Truncated incorrect") and "'n/a'" in seen[0]
     assert result.samples[0]["correct"] is False
+    assert leftovers(mariadb_server) == ([], [], [])
+
+
+@pytest.mark.slow
+def test_gold_replay_of_the_standard_file_when_present(shared_data, mariadb_server):
+    """Only records whose gold SQL fails on MySQL itself (error 1292) may fail, on either engine."""
+    path = shared_data / "agentbench" / "dbbench" / "standard.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in the test data")
+    sqlite = build_evaluator("dbbench", {"path": str(path)})
+    on_sqlite = sqlite.evaluate(ScriptedBackend(gold_agent(sqlite)))
+    server = on_server(path, mariadb_server)
+    on_mariadb = server.evaluate(ScriptedBackend(gold_agent(server)))
+    wrong_in_data = {
+        s["index"] for s in on_mariadb.samples
+        if s["observations"] and s["observations"][0].startswith("1292 ")
+    }
+    assert {s["index"] for s in on_mariadb.samples if not s["correct"]} <= wrong_in_data
+    assert {s["index"] for s in on_sqlite.samples if not s["correct"]} <= wrong_in_data
     assert leftovers(mariadb_server) == ([], [], [])

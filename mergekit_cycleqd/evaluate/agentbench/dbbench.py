@@ -73,6 +73,7 @@ class DBBenchEpisode(Episode):
         self.database: TaskDatabase | None = None
         self.operations = 0
         self.replies: list[str] = []
+        self.observations: list[str] = []
         self.answer: str | None = None
         self.status = "running"
         self.fingerprint: str | None = None
@@ -90,10 +91,11 @@ class DBBenchEpisode(Episode):
                 return self._finish("invalid_format")
             self.operations += 1
             outcome = self.database.execute(sql)
-            return dbp.observation(
+            self.observations.append(dbp.observation(
                 outcome.rows, outcome.error, truncated=outcome.truncated,
                 max_chars=self.max_observation_chars,
-            )
+            ))
+            return self.observations[-1]
         self.answer = dbp.extract_answer(reply)
         if self.answer is not None:
             return self._finish("answered")
@@ -128,6 +130,7 @@ class DBBenchEpisode(Episode):
             "correct": self.correct,
             "operations": self.operations,
             "replies": self.replies,
+            "observations": self.observations,
         }
 
 

@@ -316,8 +316,9 @@ def _close_quietly(connection: Any) -> None:
 
 
 def _mysql_message(error: Exception) -> str:
-    """``<code> (<message>)`` as the server's client libraries print it."""
+    """``<code> (<sqlstate>): <message>``, as MySQL's Python connector (AgentBench's) prints it."""
     args = getattr(error, "args", ())
-    if len(args) == 2:
-        return f"{args[0]}: {args[1]}"
-    return str(error)
+    if len(args) != 2:
+        return str(error)
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"{args[0]} ({sqlstate}): {args[1]}" if sqlstate else f"{args[0]}: {args[1]}"
