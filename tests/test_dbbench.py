@@ -292,6 +292,16 @@ def test_results_are_capped_in_bytes_while_fetching(fixture_path):
     assert result.samples[0]["correct"] is True
 
 
+def test_tables_the_model_builds_are_capped_in_size(fixture_path):
+    grow = ("CREATE {} TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "LIMIT 100) SELECT zeroblob(5000000) AS b FROM c")
+    attacks = [grow.format(""), grow.format("TEMPORARY"), "PRAGMA max_page_count = 1000000000",
+               "SELECT COUNT(*) FROM Cities"]
+    result, seen = _episode_observations(evaluator_for(fixture_path, indices=[0]), attacks, ["2"])
+    assert seen == ["database or disk is full"] * 2 + ["not authorized", "[(3,)]"]
+    assert result.samples[0]["correct"] is True
+
+
 def test_sqlite_task_databases_are_independent():
     table = TableSpec("t", ("a",), (("1",),))
     first, second = SQLiteBackend().create(table), SQLiteBackend().create(table)

@@ -12,8 +12,9 @@ Confinement: one in-memory database per task; an authorizer refuses ATTACH and
 DETACH (files on the host), extension loading, virtual tables and every
 PRAGMA but a few read-only ones, so nothing the model issues can change
 process-wide SQLite state (heap limits, temp directories) that later tasks
-would inherit. A progress handler ends any statement past its time limit, and
-results are capped in bytes while rows are fetched.
+would inherit. A progress handler ends any statement past its time limit, the
+database (tables the model creates included) is capped in size, and results
+are capped in bytes while rows are fetched.
 """
 
 from __future__ import annotations
@@ -151,10 +152,12 @@ class SQLiteBackend(DatabaseBackend):
         *,
         query_timeout_s: float = 10.0,
         max_value_bytes: int = 10_000_000,
+        max_database_bytes: int = 64_000_000,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ):
         self.query_timeout_s = query_timeout_s
         self.max_value_bytes = max_value_bytes
+        self.max_database_bytes = max_database_bytes
         self.max_result_bytes = max_result_bytes
 
     def create(self, table: TableSpec) -> TaskDatabase:
@@ -182,6 +185,13 @@ class SQLiteTaskDatabase(TaskDatabase):
         self.connection.executemany(
             f"INSERT INTO {quote_identifier(table.name)} VALUES ({placeholders})", table.rows
         )
+        # Tables the model builds live in memory: cap their size (main and temp), and
+        # the model cannot raise the cap, since PRAGMAs are refused from here on.
+        self.connection.execute("PRAGMA temp_store = MEMORY")
+        for schema in ("main", "temp"):
+            page_size = self.connection.execute(f"PRAGMA {schema}.page_size").fetchone()[0]
+            pages = max(1, backend.max_database_bytes // page_size)
+            self.connection.execute(f"PRAGMA {schema}.max_page_count = {pages}")
         self.connection.set_authorizer(_authorize)
 
     def _past_deadline(self) -> int:
