@@ -359,7 +359,7 @@ def test_gold_replay_of_the_public_dev_file_on_sqlite(shared_data, protocol):
     assert evaluator.evaluate(ScriptedBackend(wrong_agent(evaluator))).score == 0.0
 
 
-def test_record_helper_builds_agentbench_format():
+def test_record_builds_agentbench_format():
     built = record(("T", ["a"], [["1"]]), "INSERT", ["INSERT INTO T VALUES ('2')"], "add 2",
                    md5_rows=[["1"], ["2"]])
     assert built["table"]["table_info"]["columns"] == [{"name": "a", "type": "TEXT"}]
