@@ -34,7 +34,7 @@ def one_at_a_time(evaluator: DBBenchEvaluator, backend: ScriptedBackend) -> floa
                 backend,
                 [episode],
                 evaluator.generation_config(),
-                max_rounds=evaluator.options.max_rounds,
+                max_rounds=evaluator.options.operations + 1,
                 concurrency=1,
             )
     finally:

@@ -16,19 +16,17 @@ from mergekit_cycleqd.evaluate.base import Prompt
 WRONG_ANSWER = "definitely not the answer"
 
 
-def _task_lookup(evaluator: DBBenchEvaluator) -> Callable[[Prompt], tuple[DBTask, int]]:
-    """Map a conversation to its task (by the opening message) and the replies so far."""
-    options = evaluator.options
-    by_opening = {
-        build_opening(task, options.max_rounds, options.system_prompt)[-1]["content"]: task
-        for task in evaluator.tasks
-    }
+def task_lookup(evaluator: DBBenchEvaluator) -> Callable[[Prompt], tuple[DBTask, int]]:
+    """Map a conversation to its task (by its task message) and the replies so far."""
+    by_message: dict[str, DBTask] = {}
+    for task in evaluator.tasks:
+        by_message.setdefault(build_opening(task)[-1]["content"], task)
 
     def lookup(prompt: Prompt) -> tuple[DBTask, int]:
         assert not isinstance(prompt, str), "DBBench prompts are conversations"
-        first_user = next(m["content"] for m in prompt if m["role"] == "user")
-        replies = sum(1 for m in prompt if m["role"] == "assistant")
-        return by_opening[first_user], replies
+        users = [m["content"] for m in prompt if m["role"] == "user"]
+        replies = sum(1 for m in prompt if m["role"] == "assistant") - 1  # minus "Ok."
+        return by_message[users[1]], replies
 
     return lookup
 
@@ -43,7 +41,7 @@ def answer(values: object) -> str:
 
 def gold_agent(evaluator: DBBenchEvaluator) -> Callable[[Prompt], str]:
     """Reference SQL first (its result is ignored), then the reference answer."""
-    lookup = _task_lookup(evaluator)
+    lookup = task_lookup(evaluator)
 
     def reply(prompt: Prompt) -> str:
         task, turn = lookup(prompt)
@@ -56,7 +54,7 @@ def gold_agent(evaluator: DBBenchEvaluator) -> Callable[[Prompt], str]:
 
 def wrong_agent(evaluator: DBBenchEvaluator) -> Callable[[Prompt], str]:
     """Looks at the table, leaves it unchanged, answers a value no task has."""
-    lookup = _task_lookup(evaluator)
+    lookup = task_lookup(evaluator)
 
     def reply(prompt: Prompt) -> str:
         task, turn = lookup(prompt)
