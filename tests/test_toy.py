@@ -9,16 +9,16 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from mergekit_cycleqd.toy import SKILLS, ToyConfig, build_toy_assets
+from mergekit_cycleqd.toy import ToyConfig, build_toy_assets
 from mergekit_cycleqd.toy.scoring import reference_models, score_table
 
 # A few steps only: enough to exercise every stage of the build.
 TINY = ToyConfig(
-    hidden_size=32, intermediate_size=64, base_steps=12, expert_steps=6, n_opt=4, n_test=6,
-    batch_size=16,
+    hidden_size=64, intermediate_size=64, base_steps=12, expert_steps=6, n_opt=4, n_val=4,
+    n_test=6, batch_size=16, base_target=None,
 )
-# Enough training for the skills to show (about 20 s on one core).
-SMALL = ToyConfig(base_steps=300, expert_steps=200, n_opt=10, n_test=40)
+# The default family (about 70 s of CPU on one core), scored on its validation split.
+DEFAULT = ToyConfig()
 
 
 def model_files(assets) -> dict[str, Path]:
@@ -45,17 +45,26 @@ def test_same_seed_gives_bit_identical_models_and_data(tmp_path):
 
 def test_assets_layout_and_tasks(tmp_path):
     assets = build_toy_assets(tmp_path / "toy", config=TINY)
-    assert list(assets.experts) == list(SKILLS) == ["reverse", "sort", "double"]
+    assert list(assets.experts) == list(TINY.skills) == ["shift", "atbash", "rot13"]
     assert assets.tasks == {
-        s: {"opt": f"toy_{s}_opt", "test": f"toy_{s}_test"} for s in SKILLS
+        s: {split: f"toy_{s}_{split}" for split in ("opt", "val", "test")} for s in TINY.skills
     }
     assert assets.metric == "exact_match"
-    rows = [json.loads(line) for line in (assets.task_dir / "reverse_test.jsonl").open()]
+    rows = [json.loads(line) for line in (assets.task_dir / "shift_test.jsonl").open()]
     assert len(rows) == TINY.n_test
-    assert all(r["answer"] == r["word"][::-1] and r["prompt"] == f"rev {r['word']}=" for r in rows)
-    opt_words = {json.loads(line)["word"] for line in (assets.task_dir / "reverse_opt.jsonl").open()}
-    assert len(opt_words) == TINY.n_opt and not opt_words & {r["word"] for r in rows}
-    config = yaml.safe_load((assets.task_dir / "toy_sort_opt.yaml").read_text())
+    next_letter = str.maketrans("abcdefghijklmnopqrstuvwxyz", "bcdefghijklmnopqrstuvwxyza")
+    assert all(
+        r["answer"] == r["word"].translate(next_letter) and r["prompt"] == f"nxt {r['word']}="
+        for r in rows
+    )
+    words = {
+        split: {json.loads(line)["word"] for line in (assets.task_dir / f"shift_{split}.jsonl").open()}
+        for split in ("opt", "val", "test")
+    }
+    assert len(words["opt"]) == TINY.n_opt and len(words["val"]) == TINY.n_val
+    assert not words["opt"] & words["test"] and not words["val"] & words["test"]
+    assert not words["opt"] & words["val"]
+    config = yaml.safe_load((assets.task_dir / "toy_atbash_opt.yaml").read_text())
     assert config["test_split"] == "opt" and config["output_type"] == "generate_until"
     for path in [assets.base, *assets.experts.values()]:
         assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
@@ -71,9 +80,9 @@ def test_cached_build_is_reused_and_rebuilt_only_when_needed(tmp_path):
     assert {k: p.stat().st_mtime_ns for k, p in model_files(again).items()} == mtimes
     assert (tmp_path / "toy" / "toy.json").read_text() == stamp
 
-    (assets.experts["sort"] / "config.json").unlink()  # a missing piece: rebuild
+    (assets.experts["atbash"] / "config.json").unlink()  # a missing piece: rebuild
     build_toy_assets(tmp_path / "toy", config=TINY)
-    assert (assets.experts["sort"] / "config.json").is_file()
+    assert (assets.experts["atbash"] / "config.json").is_file()
     assert assets.base.joinpath("model.safetensors").stat().st_mtime_ns != mtimes["base"]
 
     rebuilt = build_toy_assets(tmp_path / "toy", config=TINY, force=True)
@@ -85,28 +94,36 @@ def test_moved_folder_keeps_working(tmp_path):
     build_toy_assets(tmp_path / "old", config=TINY)
     (tmp_path / "old").rename(tmp_path / "new")
     moved = build_toy_assets(tmp_path / "new", config=TINY)  # no rebuild, paths rewritten
-    config = yaml.safe_load((moved.task_dir / "toy_double_test.yaml").read_text())
-    assert config["dataset_kwargs"]["data_files"]["test"] == str(moved.task_dir / "double_test.jsonl")
+    config = yaml.safe_load((moved.task_dir / "toy_rot13_test.yaml").read_text())
+    assert config["dataset_kwargs"]["data_files"]["test"] == str(moved.task_dir / "rot13_test.jsonl")
 
 
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match=r"ToyConfig.skills: unknown \['add'\]"):
-        ToyConfig(skills=("reverse", "add"))
+        ToyConfig(skills=("shift", "add"))
 
 
 @pytest.fixture(scope="module")
-def small_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
-    """Test-split scores of base, experts and their average, through the lm-eval adapter."""
-    assets = build_toy_assets(tmp_path_factory.mktemp("toy_small"), config=SMALL)
-    return score_table(assets, reference_models(assets), split="test", device="cpu")
+def val_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
+    """Validation-split scores of base, experts and their merges, through the lm-eval adapter."""
+    assets = build_toy_assets(tmp_path_factory.mktemp("toy_default"), config=DEFAULT)
+    return score_table(assets, reference_models(assets), split="val", device="cpu")
+
+
+def mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
 
 
 @pytest.mark.slow
-def test_each_expert_beats_the_base_and_the_other_experts_on_its_skill(small_scores):
-    base = small_scores["base"]
-    for skill in SKILLS:
-        own = small_scores[f"expert:{skill}"][skill]
-        assert own >= base[skill] + 0.4, (skill, own, base[skill])
-        others = [small_scores[f"expert:{s}"][skill] for s in SKILLS if s != skill]
-        assert own > max(others) + 0.3, (skill, own, others)
-    assert max(base.values()) <= 0.3  # the base is weak at every skill
+def test_the_default_family_is_in_the_papers_regime(val_scores):
+    """Experts good but imperfect on their own skill, each the best at it among the experts,
+    and the plain merge of their task vectors keeps most of every skill."""
+    base = val_scores["base"]
+    experts = {s: val_scores[f"expert:{s}"] for s in DEFAULT.skills}
+    for skill, scores in experts.items():
+        assert 0.55 <= scores[skill] <= 0.92, (skill, scores)
+        assert scores[skill] >= base[skill] + 0.1, (skill, scores, base)
+        assert scores[skill] > max(experts[s][skill] for s in experts if s != skill)
+    best_expert_mean = max(mean(s) for s in experts.values())
+    assert mean(val_scores["task_sum"]) > best_expert_mean + 0.05
+    assert mean(val_scores["average"]) >= best_expert_mean - 0.03

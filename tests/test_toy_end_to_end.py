@@ -37,18 +37,18 @@ def test_toy_recipe_runs_end_to_end(tmp_path, capsys) -> None:
             skill = seed.name.removeprefix("seed:")
             assert seed.scores[skill] == max(s.scores[skill] for s in seeds)
     assert len(seeds) == 3 and len(children) == 6
-    assert all(set(c.scores) == {"reverse", "sort", "double"} for c in children)
+    assert all(set(c.scores) == {"shift", "atbash", "rot13"} for c in children)
     assert all(a.elites for a in archives.values())
     assert list((run_dir / "samples").rglob("*.jsonl"))
 
     results = json.loads((run_dir / "final" / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    assert names[:4] == ["base", "expert: reverse", "expert: sort", "expert: double"]
+    assert names[:4] == ["base", "expert: shift", "expert: atbash", "expert: rot13"]
     assert "task_arithmetic (mergekit)" in names and "ties (mergekit)" in names
     assert names[-1] == "CycleQD final" and any(n.startswith("best-mean elite") for n in names)
     assert results["split"] == "test"
     for row in results["rows"]:
-        assert set(row["scores"]) == {"reverse", "sort", "double"}
+        assert set(row["scores"]) == {"shift", "atbash", "rot13"}
         assert row["mean"] == pytest.approx(sum(row["scores"].values()) / 3)
     assert (run_dir / "final" / "aggregated" / "config.json").exists()
     assert "| CycleQD final |" in out

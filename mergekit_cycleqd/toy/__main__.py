@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path, help="folder for the models and tasks (cached)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
-    parser.add_argument("--split", choices=("opt", "test"), default="test")
+    parser.add_argument("--split", choices=("opt", "val", "test"), default="test")
     parser.add_argument("--no-score", action="store_true", help="build only")
     args = parser.parse_args(argv)
 

@@ -28,12 +28,21 @@ def average_weights(model_dirs: list[Path]) -> StateDictWeights:
     return StateDictWeights({k: sum(s[k] for s in states) / len(states) for k in states[0]})
 
 
+def task_vector_sum(base_dir: Path, model_dirs: list[Path]) -> StateDictWeights:
+    """θ_b + Σ_k (θ_k − θ_b): task arithmetic with weight 1 per expert."""
+    base = load_state_dict(base_dir)
+    states = [load_state_dict(d) for d in model_dirs]
+    return StateDictWeights({k: base[k] + sum(s[k] - base[k] for s in states) for k in base})
+
+
 def reference_models(assets: ToyAssets) -> dict[str, WeightSource]:
-    """Base, each expert, and the average of the experts, by row label."""
+    """Base, each expert, the average of the experts (task arithmetic with weights 1/K)
+    and the sum of their task vectors (weights 1), by row label."""
     models: dict[str, WeightSource] = {"base": StateDictWeights(load_state_dict(assets.base))}
     for skill, path in assets.experts.items():
         models[f"expert:{skill}"] = StateDictWeights(load_state_dict(path))
     models["average"] = average_weights(list(assets.experts.values()))
+    models["task_sum"] = task_vector_sum(assets.base, list(assets.experts.values()))
     return models
 
 
@@ -43,7 +52,7 @@ def score_table(
     split: str = "test",
     device: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """row label -> skill -> exact-match score on ``split`` ("opt" or "test")."""
+    """row label -> skill -> exact-match score on ``split`` ("opt", "val" or "test")."""
     from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
     from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalEvaluator, LMEvalOptions
 

@@ -1,7 +1,8 @@
 """The toy skills as local lm-eval tasks (JSONL data + task YAMLs).
 
-Each skill gets one data file per split and two tasks, ``toy_<skill>_opt``
-(the optimisation split CycleQD climbs on) and ``toy_<skill>_test`` (held out,
+Each skill gets one data file per split and three tasks, ``toy_<skill>_opt``
+(the optimisation split CycleQD climbs on), ``toy_<skill>_val`` (for choosing
+settings without touching the test split) and ``toy_<skill>_test`` (held out,
 scored at the end). Both are ``generate_until`` tasks cut at the newline and
 scored by ``exact_match``, so lm-eval's HFLM scores them on the resident model
 with greedy decoding, offline, through ``TaskManager(include_path=task_dir)``.
@@ -16,9 +17,9 @@ from pathlib import Path
 import yaml
 
 METRIC = "exact_match"
-SPLITS: tuple[str, ...] = ("opt", "test")
-MAX_GEN_TOKS = 16
-"""Longest toy answer (a doubled 6-letter word) is 12 characters, plus the newline."""
+SPLITS: tuple[str, ...] = ("opt", "val", "test")
+MAX_GEN_TOKS = 20
+"""Longest toy answer (a doubled 8-letter word) is 16 characters, plus the newline."""
 
 
 def task_name(skill: str, split: str) -> str:

@@ -10,9 +10,10 @@ per model (the caller's RNG state is left untouched), and string-seeded
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -93,8 +94,14 @@ def train(
     batch_size: int,
     desc: str,
     warmup: int = 50,
+    should_stop: Callable[[int], bool] | None = None,
+    check_every: int = 50,
 ) -> float:
-    """AdamW with linear warm-up and linear decay; returns the last batch's loss."""
+    """AdamW with linear warm-up and linear decay; returns the last batch's loss.
+
+    ``should_stop(step)``, when given, is asked every ``check_every`` steps (after
+    that many steps were taken) and ends the training early when it returns True.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -114,5 +121,108 @@ def train(
         loss_value = loss.item()
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss_value:.3f}")
+        if should_stop is not None and (step + 1) % check_every == 0:
+            model.eval()
+            stop = should_stop(step + 1)
+            model.train()
+            if stop:
+                break
     model.eval()
     return loss_value
+
+
+def train_with_kl_replay(
+    model: LlamaForCausalLM,
+    teacher: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    own: TrainingStream,
+    replay: TrainingStream,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    replay_share: float,
+    kl_weight: float,
+    desc: str,
+    warmup: int = 50,
+) -> float:
+    """Fine-tune on ``own`` while keeping the ``teacher``'s (the base's) distribution on ``replay``.
+
+    Each batch is ``(1 - replay_share)`` own-skill examples, learned with cross-entropy on
+    their answers, and ``replay_share`` replay examples, on whose answer tokens the model is
+    pulled towards the frozen teacher by ``kl_weight * KL(teacher || model)``. Unlike replay
+    with ground-truth answers, this leaves the model's behaviour on the other skills, errors
+    included, where the base had it, so an expert's task vector has little first-order effect
+    on the other skills and task vectors add up instead of fighting. Same schedule as
+    :func:`train`; returns the last batch's loss.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.05, 1.0 - s / max(1, steps)),
+    )
+    n_replay = round(batch_size * replay_share)
+    n_own = batch_size - n_replay
+    teacher.eval()
+    model.train()
+    loss_value = float("nan")
+    progress = tqdm(range(steps), desc=desc, leave=False)
+    for step in progress:
+        ids, mask, targets = collate(tokenizer, own.sample(n_own))
+        loss = model(input_ids=ids, attention_mask=mask, labels=targets).loss
+        if n_replay:
+            ids, mask, targets = collate(tokenizer, replay.sample(n_replay))
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            # the logits at position t predict token t + 1: keep those that predict an answer token
+            answer = targets != IGNORE
+            predicts_answer = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], dim=1)
+            kl = F.kl_div(
+                F.log_softmax(logits[predicts_answer], dim=-1),
+                F.log_softmax(teacher_logits[predicts_answer], dim=-1),
+                log_target=True,
+                reduction="batchmean",  # mean over answer tokens
+            )
+            loss = loss * (n_own / batch_size) + kl_weight * kl * (n_replay / batch_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        loss_value = loss.item()
+        if step % 50 == 0:
+            progress.set_postfix(loss=f"{loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+@torch.inference_mode()
+def exact_match(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[tuple[str, str]]
+) -> float:
+    """Greedy exact match of (prompt, answer) pairs, batched by prompt length (no padding)."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    groups: dict[int, list[tuple[list[int], str]]] = {}
+    for prompt, answer in examples:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        groups.setdefault(len(ids), []).append((ids, answer.rstrip("\n")))
+    correct = 0
+    for items in groups.values():
+        current = torch.tensor([ids for ids, _ in items])
+        answers = [answer for _, answer in items]
+        done = torch.zeros(len(items), dtype=torch.bool)
+        generated, past = [], None
+        for _ in range(max(len(a) for a in answers) + 1):
+            out = model(input_ids=current, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = out.logits[:, -1].argmax(-1)
+            generated.append(token)
+            done |= token == newline
+            if done.all():
+                break
+            current = token[:, None]
+        for row, answer in zip(torch.stack(generated, 1).tolist(), answers):
+            if newline in row:
+                correct += int(tokenizer.decode(row[: row.index(newline)]) == answer)
+    return correct / max(1, len(examples))
