@@ -16,22 +16,18 @@ from pathlib import Path
 import pytest
 
 from mergekit_cycleqd.evaluate import build_evaluator
-from mergekit_cycleqd.evaluate.agentbench.os_interaction import format_observation, parse_action
+from mergekit_cycleqd.evaluate.agentbench.os_protocol import NEW_PROBLEM
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.timeout(300)
 
-INTERVAL = (
-    "size() { stat -c %s /root/log 2>/dev/null || echo 0; }; s=$(size); "
-    "while [ \"$(size)\" = \"$s\" ]; do sleep 0.05; done; a=$(date +%s.%N); s=$(size); "
-    "while [ \"$(size)\" = \"$s\" ]; do sleep 0.05; done; b=$(date +%s.%N); "
-    "python3 -c \"print(round($b - $a))\""
-)
+# Hand-written, timing-free solutions of the `match` tasks: read the background program's
+# own command line (its sleep interval, the file it writes) instead of watching the clock.
+INTERVAL = "ps -eo args | grep -o 'time.sleep([0-9]*)' | head -n 1 | tr -dc 0-9"
 CHANGED_FILE = (
-    "find /root -type f -printf '%s %p\\n' | sort > /tmp/a; sleep 2.5; "
-    "find /root -type f -printf '%s %p\\n' | sort > /tmp/b; "
-    "comm -13 /tmp/a /tmp/b | awk '{print $2}' | xargs -n1 basename"
+    "for p in $(pgrep -x python3); do tr '\\0' ' ' < /proc/$p/cmdline; done "
+    "| grep -o 'open(\"[^\"]*\"' | head -n 1 | sed 's/open(\"//; s/\"$//' | xargs basename"
 )
 CALC = (
     "printf '#!/bin/bash\\npython3 -c \"print(eval(\\\\\"$*\\\\\"))\"\\n' > /usr/local/bin/calc && "
@@ -78,15 +74,18 @@ def solution(index: int, task: dict) -> str:
     return example["code"] if isinstance(example, dict) else example
 
 
+def description_of(conversation: list[dict]) -> str:
+    """The task, as the protocol's opening states it (after the one-shot example)."""
+    return next(m["content"][len(NEW_PROBLEM):] for m in conversation if m["content"].startswith(NEW_PROBLEM))
+
+
 def gold_agent(tasks: list[dict], wrong: bool = False):
     """Round 1: run the solution; round 2: answer with its output (or finish)."""
     by_description = {t["description"]: (i, t) for i, t in enumerate(tasks)}
 
     def respond(conversation: list[dict]) -> str:
-        opening = conversation[0]["content"]
-        index, task = by_description[opening.split("Problem: ", 1)[1]]
-        replies = [m for m in conversation if m["role"] == "assistant"]
-        if not replies:
+        index, task = by_description[description_of(conversation)]
+        if conversation[-1]["content"].startswith(NEW_PROBLEM):
             return f"Think: let me look.\n\nAct: bash\n\n```bash\n{solution(index, task)}\n```"
         if "calc" in task["description"]:
             return "Think: calc works.\n\nAct: finish"
@@ -138,22 +137,6 @@ def test_wrong_answers_score_zero(shared_data, stock_scripts):
     result = ev.evaluate(ScriptedBackend(gold_agent(tasks, wrong=True)))
     assert [s["task"] for s in result.samples if s["correct"]] == []
     assert result.score == 0.0
-
-
-def test_parse_action():
-    assert parse_action("Think: x\nAct: bash\n```bash\nls -l\n```") == ("bash", "ls -l")
-    assert parse_action("Act: answer(42)") == ("answer", "42")
-    assert parse_action("Act: answer(f(x) = 3) done") == ("answer", "f(x) = 3")
-    assert parse_action("Think: done\nAct: finish") == ("finish", None)
-    assert parse_action("I think the answer is 3") is None
-    assert parse_action("Act: bash\nls") is None
-
-
-def test_observation_is_cut_to_the_limit():
-    text = format_observation("x" * 1000, 800, False, 30, False)
-    assert text.startswith("The output of the OS:\n\n" + "x" * 800 + "\n[output cut")
-    assert format_observation("\n", 800, False, 30, False) == "The output of the OS is empty."
-    assert "killed" in format_observation("", 800, True, 30, False)
 
 
 def test_option_errors_name_the_field(shared_data, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mergekit_cycleqd.evaluate import build_evaluator
+from mergekit_cycleqd.evaluate.agentbench.os_protocol import NEW_PROBLEM
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.isolation.bwrap import (
     CAPABILITIES,
@@ -29,7 +30,7 @@ from mergekit_cycleqd.evaluate.isolation.docker import (
     docker_run_command,
 )
 from mergekit_cycleqd.evaluate.isolation.shell import SandboxLimits
-from tests.test_os_interaction import require_root_sandbox
+from tests.test_os_interaction import description_of, require_root_sandbox
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -169,8 +170,8 @@ def test_hostile_agents_are_contained_and_fail(tmp_path):
     commands = {t["description"]: HOSTILE[name].replace("{port}", str(port)).replace("{sentinel}", str(sentinel)) for t, name in zip(tasks, HOSTILE, strict=True)}
 
     def hostile(conversation):
-        task = conversation[0]["content"].split("Problem: ", 1)[1]
-        if len(conversation) < 4:
+        task = description_of(conversation)
+        if conversation[-1]["content"].startswith(NEW_PROBLEM):
             return f"Act: bash\n```bash\n# {token}\n{commands[task]}\n```"
         return "Act: answer(not a number)"
 
@@ -192,7 +193,7 @@ def test_hostile_agents_are_contained_and_fail(tmp_path):
     # (wc then counts 0 bytes) long before the 5 s command timeout
     assert "MemoryError" in memory and memory.endswith("MemoryError\n0")
     # the bomb hits the pids limit (whether the next command sees "fork: retry" is timing)
-    assert by_name["fork bomb"]["status"] == "completed" and by_name["fork bomb"]["rounds"] == 3
+    assert by_name["fork bomb"]["status"] == "completed" and by_name["fork bomb"]["rounds"] == 2
     # the host is untouched
     assert sentinel.read_text() == "keep me" and not Path(f"{sentinel}.new").exists()
     assert Path("/etc/passwd").read_text() == passwd and Path("/usr/bin/bash").exists()
