@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -30,7 +31,10 @@ from mergekit_cycleqd.evaluate.isolation.docker import (
     docker_run_command,
 )
 from mergekit_cycleqd.evaluate.isolation.shell import SandboxLimits
+from tests import test_os_interaction
 from tests.test_os_interaction import description_of, require_root_sandbox
+
+packaged_rootfs = test_os_interaction.packaged_rootfs  # the shared session fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -138,7 +142,8 @@ HOSTILE = {
 }
 
 
-def test_hostile_agents_are_contained_and_fail(tmp_path):
+@pytest.mark.slow
+def test_hostile_agents_are_contained_and_fail(tmp_path, packaged_rootfs):
     require_root_sandbox()
     token = secrets.token_hex(6)
     sentinel = Path(f"/var/tmp/cycleqd-sentinel-{token}")
@@ -211,3 +216,29 @@ def test_hostile_agents_are_contained_and_fail(tmp_path):
                 pass
     assert leftovers == []
     assert os.path.exists("/usr/bin/env")
+
+
+@pytest.mark.slow
+def test_the_packaged_root_holds_no_host_data(packaged_rootfs):
+    from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
+
+    token = secrets.token_hex(6)
+    probes = [Path(f"/var/tmp/cqd-probe-{token}"), Path(f"/opt/cqd-probe-{token}")]
+    for probe in probes:
+        probe.write_text("host data")
+        probe.chmod(0o644)
+    checkout = Path(__file__).resolve()
+    try:
+        with BwrapBackend(packaged_rootfs, limits=SandboxLimits(memory_mb=256, pids=64)).launch() as box:
+            seen = box.shell(
+                "for p in " + " ".join(bash_quote(str(p)) for p in [*probes, checkout]) + "; do "
+                "test -e \"$p\" && echo \"visible $p\"; done; md5sum /etc/shadow /etc/passwd /etc/hostname 2>&1; "
+                "ls /opt /var/lib | wc -l").output
+    finally:
+        for probe in probes:
+            probe.unlink()
+    assert "visible" not in seen
+    for host_file in ("/etc/shadow", "/etc/passwd"):
+        digest = hashlib.md5(Path(host_file).read_bytes()).hexdigest()  # noqa: S324 - a fingerprint
+        assert digest not in seen
+    assert all(not p.exists() for p in probes)

@@ -57,7 +57,9 @@ class OSInteractionOptions(EvaluatorOptions):
     concurrency: int = Field(8, ge=1)
     max_live_sandboxes: int = Field(32, ge=1)
     sandbox: Literal["auto", "bwrap", "docker"] = "auto"
-    rootfs: str = "/"
+    rootfs: str = Field("packages", description="bwrap base root: 'packages' (built from Debian packages "
+                        "and cached), or the folder of an existing root ('/' shows the host's system dirs)")
+    extra_packages: list[str] = Field(default_factory=list, description="added to the built root")
     docker_images: dict[str, str] = Field(default_factory=dict)
     memory_mb: int = Field(1024, ge=64)
     pids_limit: int = Field(512, ge=16)
@@ -91,6 +93,10 @@ def make_sandbox_backend(options: OSInteractionOptions) -> SandboxBackend:
         kind = "docker" if docker_available() else "bwrap"
     if kind == "docker":
         return DockerBackend(options.docker_images, limits)
+    if options.rootfs == "packages":
+        from mergekit_cycleqd.evaluate.isolation.rootfs import PACKAGES, ensure_rootfs
+
+        return BwrapBackend(ensure_rootfs((*PACKAGES, *options.extra_packages)), limits)
     return BwrapBackend(options.rootfs, limits)
 
 
