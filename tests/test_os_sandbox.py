@@ -223,10 +223,11 @@ def test_the_packaged_root_holds_no_host_data(packaged_rootfs):
     from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
 
     token = secrets.token_hex(6)
-    probes = [Path(f"/var/tmp/cqd-probe-{token}"), Path(f"/opt/cqd-probe-{token}")]
-    for probe in probes:
+    probes = [Path(f"/var/tmp/cqd-probe-{token}"), Path(f"/opt/cqd-probe-{token}"),
+              Path(f"/var/lib/cqd-probe-{token}")]
+    for probe, mode in zip(probes, (0o644, 0o644, 0o600), strict=True):
         probe.write_text("host data")
-        probe.chmod(0o644)
+        probe.chmod(mode)
     checkout = Path(__file__).resolve()
     try:
         with BwrapBackend(packaged_rootfs, limits=SandboxLimits(memory_mb=256, pids=64)).launch() as box:
