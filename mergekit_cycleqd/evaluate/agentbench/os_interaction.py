@@ -1,10 +1,11 @@
 """AgentBench OS interaction: a model operates a throw-away Linux system through bash.
 
 Per task: a fresh sandbox (``mergekit_cycleqd.evaluate.isolation``), the task's ``create.init``
-scripts and ``start`` command, then up to ``max_rounds`` replies in which the
-model runs shell commands (``Act: bash``), answers (``Act: answer(...)``) or
-declares a change done (``Act: finish``); the answer is judged by
-``mergekit_cycleqd.evaluate.agentbench.os_checks``. Dialogues are batched across tasks with
+scripts and ``start`` command, then replies under AgentBench's protocol
+(``os_protocol``: 8 rounds by default, ``protocol: cycleqd`` for the paper's 5 rounds
+and 5 repeats) in which the model runs shell commands (``Act: bash``), answers
+(``Act: answer(...)``) or declares a change done (``Act: finish``); the answer is
+judged by ``os_checks`` in a judge shell the agent cannot have tampered with. Dialogues are batched across tasks with
 ``run_episodes`` so the model always generates for every live task at once.
 """
 
