@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mergekit_cycleqd.evaluate import build_evaluator
+from mergekit_cycleqd.evaluate.agentbench.os_protocol import NEW_PROBLEM
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.isolation.bwrap import (
     CAPABILITIES,
@@ -29,7 +31,10 @@ from mergekit_cycleqd.evaluate.isolation.docker import (
     docker_run_command,
 )
 from mergekit_cycleqd.evaluate.isolation.shell import SandboxLimits
-from tests.test_os_interaction import require_root_sandbox
+from tests import test_os_interaction
+from tests.test_os_interaction import description_of, require_root_sandbox
+
+packaged_rootfs = test_os_interaction.packaged_rootfs  # the shared session fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -137,7 +142,8 @@ HOSTILE = {
 }
 
 
-def test_hostile_agents_are_contained_and_fail(tmp_path):
+@pytest.mark.slow
+def test_hostile_agents_are_contained_and_fail(tmp_path, packaged_rootfs):
     require_root_sandbox()
     token = secrets.token_hex(6)
     sentinel = Path(f"/var/tmp/cycleqd-sentinel-{token}")
@@ -169,8 +175,8 @@ def test_hostile_agents_are_contained_and_fail(tmp_path):
     commands = {t["description"]: HOSTILE[name].replace("{port}", str(port)).replace("{sentinel}", str(sentinel)) for t, name in zip(tasks, HOSTILE, strict=True)}
 
     def hostile(conversation):
-        task = conversation[0]["content"].split("Problem: ", 1)[1]
-        if len(conversation) < 4:
+        task = description_of(conversation)
+        if conversation[-1]["content"].startswith(NEW_PROBLEM):
             return f"Act: bash\n```bash\n# {token}\n{commands[task]}\n```"
         return "Act: answer(not a number)"
 
@@ -192,7 +198,7 @@ def test_hostile_agents_are_contained_and_fail(tmp_path):
     # (wc then counts 0 bytes) long before the 5 s command timeout
     assert "MemoryError" in memory and memory.endswith("MemoryError\n0")
     # the bomb hits the pids limit (whether the next command sees "fork: retry" is timing)
-    assert by_name["fork bomb"]["status"] == "completed" and by_name["fork bomb"]["rounds"] == 3
+    assert by_name["fork bomb"]["status"] == "completed" and by_name["fork bomb"]["rounds"] == 2
     # the host is untouched
     assert sentinel.read_text() == "keep me" and not Path(f"{sentinel}.new").exists()
     assert Path("/etc/passwd").read_text() == passwd and Path("/usr/bin/bash").exists()
@@ -210,3 +216,30 @@ def test_hostile_agents_are_contained_and_fail(tmp_path):
                 pass
     assert leftovers == []
     assert os.path.exists("/usr/bin/env")
+
+
+@pytest.mark.slow
+def test_the_packaged_root_holds_no_host_data(packaged_rootfs):
+    from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
+
+    token = secrets.token_hex(6)
+    probes = [Path(f"/var/tmp/cqd-probe-{token}"), Path(f"/opt/cqd-probe-{token}"),
+              Path(f"/var/lib/cqd-probe-{token}")]
+    for probe, mode in zip(probes, (0o644, 0o644, 0o600), strict=True):
+        probe.write_text("host data")
+        probe.chmod(mode)
+    checkout = Path(__file__).resolve()
+    try:
+        with BwrapBackend(packaged_rootfs, limits=SandboxLimits(memory_mb=256, pids=64)).launch() as box:
+            seen = box.shell(
+                "for p in " + " ".join(bash_quote(str(p)) for p in [*probes, checkout]) + "; do "
+                "test -e \"$p\" && echo \"visible $p\"; done; md5sum /etc/shadow /etc/passwd /etc/hostname 2>&1; "
+                "ls /opt /var/lib | wc -l").output
+    finally:
+        for probe in probes:
+            probe.unlink()
+    assert "visible" not in seen
+    for host_file in ("/etc/shadow", "/etc/passwd"):
+        digest = hashlib.md5(Path(host_file).read_bytes()).hexdigest()  # noqa: S324 - a fingerprint
+        assert digest not in seen
+    assert all(not p.exists() for p in probes)

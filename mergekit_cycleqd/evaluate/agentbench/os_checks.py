@@ -2,9 +2,13 @@
 
 The standard AgentBench checker scripts are implemented here from their
 documented behaviour (not copied): comparisons of the answer with the
-reference solution's output run on the host (they only compare strings), and
+reference solution's output run on the host (they only compare strings);
 checkers that exercise a command the agent built (``calc``, ``count``,
-``date-format``) run inside the task's sandbox.
+``date-format``) run that command in the agent's view of the sandbox and
+compute what it should print here or with the judge's tools. The reference
+solution and any other checker script run through ``Sandbox.judge``: after the
+agent's shell is stopped, in a judge shell whose programs and libraries the
+agent cannot have changed (see ``isolation.views``).
 
 A check chain runs in order; script *i* receives the agent's answer followed
 by the output of every earlier step; a ``None`` step runs the task's reference
@@ -13,14 +17,18 @@ solution and contributes its output. Any failing step fails the task.
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
+import secrets
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from mergekit_cycleqd.evaluate.agentbench.os_tasks import OSTask
-    from mergekit_cycleqd.evaluate.isolation import Sandbox
+    from mergekit_cycleqd.evaluate.isolation import CommandResult, Sandbox
 
 
 def _int_equal(answer: str, reference: str) -> bool:
@@ -82,55 +90,87 @@ _CALC_EXTRA = [
 ]
 
 
-def _calc_script(expressions: Sequence[str]) -> str:
-    lines = "\n".join(expressions)
-    return f"""status=0
-while IFS= read -r expr; do
-  want=$(python3 -c "print(float($expr))")
-  got=$(calc "$expr" 2>&1 | tail -n 1)
-  if ! python3 -c 'import sys
-try:
-    sys.exit(0 if abs(float(sys.argv[1]) - float(sys.argv[2])) < 1e-5 else 1)
-except ValueError:
-    sys.exit(1)' "$want" "$got"; then
-    echo "calc $expr printed '$got', expected $want"; status=1
-  fi
-done <<'CYCLEQD_EXPRESSIONS'
-{lines}
-CYCLEQD_EXPRESSIONS
-exit $status
-"""
+_COUNT_DIRS = ("/usr/local/bin", "/root", "/bin", "/lib", "/dev", "/usr/include")
+_DATES = (
+    ("2023-5-1", "%Y/%m/%d"), ("2021-12-31", "%d.%m.%Y"), ("2000-02-29", "%A, %B %d"),
+    ("1999-7-4", "%y%m%d"), ("2024-01-09", "%j"), ("2010-10-10", "%Y-%m-%dT00:00"),
+)
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
-_COUNT_SCRIPT = """for dir in /usr/local/bin /root /bin /lib /dev /usr/include; do
-  want=$(find "$dir" -type f 2>/dev/null | wc -l)
-  got=$(count "$dir" 2>/dev/null)
-  if [ "$(echo $got)" != "$want" ]; then echo "count $dir printed '$got', expected $want"; exit 1; fi
-done
-"""
+def arithmetic(expression: str) -> float:
+    """The value of a + - * / expression of numbers, computed here (never by a sandbox tool)."""
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not plain arithmetic: {expression!r}")
 
-_DATE_FORMAT_SCRIPT = """while IFS='|' read -r day format; do
-  want=$(date -d "$day" "+$format")
-  got=$(date-format "$day" "$format" 2>/dev/null)
-  if [ "$got" != "$want" ]; then echo "date-format $day '$format' printed '$got', expected '$want'"; exit 1; fi
-done <<'CYCLEQD_DATES'
-2023-5-1|%Y/%m/%d
-2021-12-31|%d.%m.%Y
-2000-02-29|%A, %B %d
-1999-7-4|%y%m%d
-2024-01-09|%j
-2010-10-10|%Y-%m-%dT00:00
-CYCLEQD_DATES
-"""
+    return value(ast.parse(expression, mode="eval").body)
 
-SANDBOX_CHECKS: dict[str, str] = {
-    "check/0.sh": _calc_script(_CALC_EXPRESSIONS),
-    "checking/0.sh": _calc_script(_CALC_EXPRESSIONS + _CALC_EXTRA),
-    "check/1.sh": _COUNT_SCRIPT,
-    "checking/1.sh": _COUNT_SCRIPT,
-    "checking/2.sh": _DATE_FORMAT_SCRIPT,
+
+def _outputs(run: Callable[[str], CommandResult], lines: Sequence[str]) -> list[str] | None:
+    """The last output line of each command, run as one script (None when it did not finish)."""
+    separator = f"__CQD_{secrets.token_hex(8)}__"
+    result = run("".join(f"{line} 2>/dev/null </dev/null | tail -n 1; echo {separator}\n" for line in lines))
+    if result.exit_code is None:
+        return None
+    parts = result.output.split(separator + "\n")
+    return [part.strip() for part in parts[: len(lines)]] if len(parts) > len(lines) else None
+
+
+def _compare(name: str, inputs: Sequence[str], got: list[str] | None, want: list[str] | None,
+             same: Callable[[str, str], bool]) -> Verdict:
+    if got is None or want is None:
+        return Verdict(False, f"{name}: the commands did not finish")
+    for given, g, w in zip(inputs, got, want, strict=True):
+        if not same(g, w):
+            return Verdict(False, f"{name}: {given} printed {g!r}, expected {w!r}")
+    return Verdict(True, f"{name}: all {len(inputs)} cases agree")
+
+
+def _close(got: str, want: str) -> bool:
+    try:
+        return abs(float(got) - float(want)) < 1e-5
+    except ValueError:
+        return False
+
+
+def _check_calc(expressions: Sequence[str]) -> Callable[[Sandbox, float], Verdict]:
+    def check(sandbox: Sandbox, timeout: float) -> Verdict:
+        got = _outputs(lambda s: sandbox.run(s, timeout=timeout), [f"calc {shlex.quote(e)}" for e in expressions])
+        want = [repr(arithmetic(e)) for e in expressions]
+        return _compare("calc", expressions, got, want, _close)
+
+    return check
+
+
+def _check_count(sandbox: Sandbox, timeout: float) -> Verdict:
+    got = _outputs(lambda s: sandbox.run(s, timeout=timeout), [f"count {d}" for d in _COUNT_DIRS])
+    want = _outputs(lambda s: sandbox.judge(s, timeout=timeout), [f"find {d} -type f | wc -l" for d in _COUNT_DIRS])
+    return _compare("count", _COUNT_DIRS, got, want, lambda g, w: g == w)
+
+
+def _check_date_format(sandbox: Sandbox, timeout: float) -> Verdict:
+    cases = [f"{shlex.quote(day)} {shlex.quote(form)}" for day, form in _DATES]
+    got = _outputs(lambda s: sandbox.run(s, timeout=timeout), [f"date-format {c}" for c in cases])
+    want = _outputs(lambda s: sandbox.judge(s, timeout=timeout),
+                    [f"date -d {shlex.quote(day)} {shlex.quote('+' + form)}" for day, form in _DATES])
+    return _compare("date-format", cases, got, want, lambda g, w: g == w)
+
+
+SANDBOX_CHECKS: dict[str, Callable[[Sandbox, float], Verdict]] = {
+    "check/0.sh": _check_calc(_CALC_EXPRESSIONS),
+    "checking/0.sh": _check_calc(_CALC_EXPRESSIONS + _CALC_EXTRA),
+    "check/1.sh": _check_count,
+    "checking/1.sh": _check_count,
+    "checking/2.sh": _check_date_format,
 }
-"""Checkers that test a command the agent had to create, run in the task's sandbox."""
+"""Checkers of a command the agent had to create: the agent's command runs in its own
+view of the sandbox; what it should print is computed here or by the judge's tools."""
 
 BUILTIN_CHECKS = frozenset(HOST_CHECKS) | frozenset(SANDBOX_CHECKS)
 
@@ -181,8 +221,13 @@ def judge(
                 return Verdict(False, detail)
             outputs.append("")
             continue
-        code = SANDBOX_CHECKS[script.builtin] if script.builtin else script.code
-        result = sandbox.run(code, [given, *outputs], script.language, timeout)
+        if script.builtin in SANDBOX_CHECKS:
+            verdict = SANDBOX_CHECKS[script.builtin](sandbox, timeout)
+            if not verdict.correct:
+                return verdict
+            outputs.append("")
+            continue
+        result = sandbox.judge(script.code, [given, *outputs], script.language, timeout)
         if result.exit_code != 0:
             why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
             return Verdict(False, f"check step {step} ({script.origin}) {why}: {result.output.strip()[-300:]}")

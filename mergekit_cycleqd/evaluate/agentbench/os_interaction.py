@@ -1,17 +1,17 @@
 """AgentBench OS interaction: a model operates a throw-away Linux system through bash.
 
 Per task: a fresh sandbox (``mergekit_cycleqd.evaluate.isolation``), the task's ``create.init``
-scripts and ``start`` command, then up to ``max_rounds`` replies in which the
-model runs shell commands (``Act: bash``), answers (``Act: answer(...)``) or
-declares a change done (``Act: finish``); the answer is judged by
-``mergekit_cycleqd.evaluate.agentbench.os_checks``. Dialogues are batched across tasks with
+scripts and ``start`` command, then replies under AgentBench's protocol
+(``os_protocol``: 8 rounds by default, ``protocol: cycleqd`` for the paper's 5 rounds
+and 5 repeats) in which the model runs shell commands (``Act: bash``), answers
+(``Act: answer(...)``) or declares a change done (``Act: finish``); the answer is
+judged by ``os_checks`` in a judge shell the agent cannot have tampered with. Dialogues are batched across tasks with
 ``run_episodes`` so the model always generates for every live task at once.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +21,14 @@ from pydantic import Field, field_validator
 
 from mergekit_cycleqd.evaluate.agent_loop import Episode, run_episodes
 from mergekit_cycleqd.evaluate.agentbench.os_checks import BUILTIN_CHECKS, Verdict, judge
+from mergekit_cycleqd.evaluate.agentbench.os_protocol import (
+    OUTPUT_LIMIT,
+    PROTOCOLS,
+    Protocol,
+    format_observation,
+    opening,
+    parse_action,
+)
 from mergekit_cycleqd.evaluate.agentbench.os_tasks import OSTask, load_tasks
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
@@ -34,75 +42,6 @@ from mergekit_cycleqd.evaluate.isolation import Sandbox, SandboxBackend, Sandbox
 
 log = logging.getLogger(__name__)
 
-INSTRUCTIONS = """You are operating a Linux computer (Ubuntu-like) as root through a bash shell.
-Solve the problem below by running commands. Every reply holds exactly ONE action, in one of
-these three forms:
-
-To run commands:
-Think: <brief reasoning>
-Act: bash
-```bash
-<commands>
-```
-
-To give the final answer to a question:
-Think: <brief reasoning>
-Act: answer(<only the answer itself>)
-
-To finish a task that asked you to change the system:
-Think: <brief reasoning>
-Act: finish
-
-After each command you get its output (at most {limit} characters). Commands must not wait
-for input and may run at most {timeout:g} seconds. You have at most {rounds} replies.
-
-Problem: {description}"""
-
-_ACT = re.compile(r"Act:\s*(bash|answer|finish)\b", re.IGNORECASE)
-_CODE = re.compile(r"```[ \t]*(?:bash|sh|shell)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-def parse_action(reply: str) -> tuple[str, str | None] | None:
-    """("bash", code), ("answer", text), ("finish", None), or None when no valid action."""
-    found = _ACT.search(reply)
-    if not found:
-        return None
-    kind = found.group(1).lower()
-    rest = reply[found.end() :]
-    if kind == "finish":
-        return "finish", None
-    if kind == "bash":
-        code = _CODE.search(rest)
-        return ("bash", code.group(1).strip()) if code and code.group(1).strip() else None
-    if not rest.lstrip().startswith("("):
-        return None
-    text = rest.lstrip()[1:]
-    depth = 0
-    for position, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            if depth == 0:
-                return "answer", text[:position]
-            depth -= 1
-    closing = text.rfind(")")
-    return "answer", text[:closing] if closing != -1 else text
-
-
-def format_observation(output: str, limit: int, timed_out: bool, timeout: float, exited: bool) -> str:
-    """What the model sees after a command (cut to ``limit`` characters)."""
-    output = output.rstrip("\n")
-    if len(output) > limit:
-        output = output[:limit] + "\n[output cut: it was longer than the limit]"
-    notes = []
-    if timed_out:
-        notes.append(f"[the command ran longer than {timeout:g} s and was killed; a new shell was started]")
-    if exited:
-        notes.append("[the shell exited; a new shell was started]")
-    body = f"The output of the OS:\n\n{output}" if output.strip() else "The output of the OS is empty."
-    return "\n".join([body, *notes])
-
-
 class OSInteractionOptions(EvaluatorOptions):
     """Options of the ``os_interaction`` evaluator (see docs/evaluators-os.md)."""
 
@@ -110,20 +49,31 @@ class OSInteractionOptions(EvaluatorOptions):
     scripts_dir: str | None = Field(None, description="folder the tasks' script files are relative to")
     builtin_checks: bool = True
     limit: int | None = Field(None, ge=1)
-    repeats: int = Field(1, ge=1)
-    max_rounds: int = Field(5, ge=1)
+    protocol: Protocol = Field("agentbench", description="agentbench (8 rounds, 1 run) or cycleqd (5, 5)")
+    repeats: int | None = Field(None, ge=1, description="runs per task (default: the protocol's)")
+    max_rounds: int | None = Field(None, ge=1, description="model replies per task (default: the protocol's)")
     max_new_tokens: int = Field(512, ge=1)
     command_timeout_s: float = Field(30.0, gt=0)
-    output_limit: int = Field(800, ge=1)
+    output_limit: int = Field(OUTPUT_LIMIT, ge=1)
     concurrency: int = Field(8, ge=1)
     max_live_sandboxes: int = Field(32, ge=1)
     sandbox: Literal["auto", "bwrap", "docker"] = "auto"
-    rootfs: str = "/"
+    rootfs: str = Field("packages", description="bwrap base root: 'packages' (built from Debian packages "
+                        "and cached), or the folder of an existing root ('/' shows the host's system dirs)")
+    extra_packages: list[str] = Field(default_factory=list, description="added to the built root")
     docker_images: dict[str, str] = Field(default_factory=dict)
     memory_mb: int = Field(1024, ge=64)
     pids_limit: int = Field(512, ge=16)
     disk_mb: int = Field(1024, ge=16)
     reference_in_fresh_sandbox: bool = False
+
+    @property
+    def rounds(self) -> int:
+        return self.max_rounds or PROTOCOLS[self.protocol].max_rounds
+
+    @property
+    def runs(self) -> int:
+        return self.repeats or PROTOCOLS[self.protocol].repeats
 
     @field_validator("data")
     @classmethod
@@ -144,6 +94,10 @@ def make_sandbox_backend(options: OSInteractionOptions) -> SandboxBackend:
         kind = "docker" if docker_available() else "bwrap"
     if kind == "docker":
         return DockerBackend(options.docker_images, limits)
+    if options.rootfs == "packages":
+        from mergekit_cycleqd.evaluate.isolation.rootfs import PACKAGES, ensure_rootfs
+
+        return BwrapBackend(ensure_rootfs((*PACKAGES, *options.extra_packages)), limits)
     return BwrapBackend(options.rootfs, limits)
 
 
@@ -180,11 +134,7 @@ class OSEpisode(Episode):
         if problem:
             self.status = "environment_error"
             self.verdict = Verdict(False, problem)
-        prompt = INSTRUCTIONS.format(
-            limit=self.options.output_limit, timeout=self.options.command_timeout_s,
-            rounds=self.options.max_rounds, description=self.task.description,
-        )
-        return [{"role": "user", "content": prompt}]
+        return opening(self.task.description)
 
     def step(self, reply: str) -> str | None:
         self.rounds += 1
@@ -205,13 +155,9 @@ class OSEpisode(Episode):
                 self.status = "environment_error"
                 self.verdict = Verdict(False, str(error))
                 return None
-            exited = result.shell_exited
-            output = result.output
-            if exited and output.endswith("\n"):
-                output = output[:-1]
             observation = format_observation(
-                output, self.options.output_limit, result.timed_out,
-                self.options.command_timeout_s, exited,
+                result.output, timed_out=result.timed_out, timeout=self.options.command_timeout_s,
+                exited=result.shell_exited, limit=self.options.output_limit,
             )
             self.transcript.append({"role": "user", "content": observation})
             return observation
@@ -226,17 +172,17 @@ class OSEpisode(Episode):
         assert example is not None and self.sandbox is not None
         timeout = self.options.command_timeout_s
         if not self.options.reference_in_fresh_sandbox:
-            result = self.sandbox.run(example.code, (), example.language, timeout)
+            result = self.sandbox.judge(example.code, (), example.language, timeout)
             return None if result.exit_code is None else result.output
         with self.launch(self.task.image) as fresh:
             if self._prepare(fresh):
                 return None
-            result = fresh.run(example.code, (), example.language, timeout)
+            result = fresh.judge(example.code, (), example.language, timeout)
             return None if result.exit_code is None else result.output
 
     def on_round_limit(self) -> None:
         self.status = "round_limit"
-        self.verdict = Verdict(False, f"no answer within {self.options.max_rounds} rounds")
+        self.verdict = Verdict(False, f"no answer within {self.options.rounds} rounds")
 
     def close(self) -> None:
         if self.sandbox is not None:
@@ -275,19 +221,19 @@ class OSInteractionEvaluator(Evaluator):
         sandboxes = self.sandbox_backend()
         episodes = [
             OSEpisode(task, repeat, sandboxes.launch, self.options)
-            for repeat in range(self.options.repeats)
+            for repeat in range(self.options.runs)
             for task in self.tasks
         ]
         config = GenerationConfig(max_new_tokens=self.options.max_new_tokens)
         step = self.options.max_live_sandboxes
         for first in range(0, len(episodes), step):
             run_episodes(
-                backend, episodes[first : first + step], config, self.options.max_rounds,
+                backend, episodes[first : first + step], config, self.options.rounds,
                 concurrency=self.options.concurrency, desc="os_interaction",
             )
         per_repeat = [
             statistics.fmean(e.verdict.correct for e in episodes if e.repeat == r)
-            for r in range(self.options.repeats)
+            for r in range(self.options.runs)
         ]
         accuracy = statistics.fmean(per_repeat) if per_repeat else 0.0
         metrics = {"accuracy": accuracy, "n_tasks": float(len(self.tasks))}

@@ -37,6 +37,14 @@ from mergekit_cycleqd.evaluate.isolation.shell import (
     SandboxError,
     SandboxLimits,
 )
+from mergekit_cycleqd.evaluate.isolation.views import (
+    JUDGE_PATH,
+    judge_binds,
+    judge_prepare_script,
+    mount_proc_command,
+    nsenter_prefix,
+    view_command,
+)
 
 CAPABILITIES = (
     "CAP_CHOWN",
@@ -101,7 +109,8 @@ def setup_script(
         if kind == "symlink":
             lines.append(f"ln -s {q(detail)} {target}")
         elif kind == "empty":
-            lines.append(f"mkdir -p {target} && chmod {detail} {target}")
+            # a mount point, so the agent cannot swap it for a symlink the judge would follow
+            lines.append(f"mkdir -p {target} && chmod {detail} {target} && mount --bind {target} {target}")
         else:
             upper, work = q(f"{workdir}/upper/{name}"), q(f"{workdir}/work/{name}")
             options = q(f"lowerdir={detail},upperdir={workdir}/upper/{name},workdir={workdir}/work/{name}")
@@ -137,27 +146,21 @@ class BwrapSandbox(Sandbox):
 
     def __init__(self, rootfs: Path, limits: SandboxLimits, bwrap: str, start_timeout: float):
         super().__init__()
+        self._rootfs, self._bwrap = rootfs.resolve(), bwrap
         self._workdir = Path(tempfile.mkdtemp(prefix="cycleqd-sandbox-"))
         self._cgroup = CgroupLimits(limits.memory_mb, limits.pids)
-        agent_in_r, agent_in_w = os.pipe()
-        agent_out_r, agent_out_w = os.pipe()
-        self._agent_fds = (agent_in_r, agent_out_w)
+        self._shells: list[subprocess.Popen[bytes]] = []
         script = setup_script(
             self._workdir, rootfs, limits, self._cgroup.procs_files,
             bwrap_command(bwrap, str(self._workdir / "root")),
         )
-        try:
-            self._process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=self._agent_fds, start_new_session=True,
-            )
-        finally:
-            os.close(agent_in_r)
-            os.close(agent_out_w)
+        self._process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         assert self._process.stdin is not None and self._process.stdout is not None
         self._control = ShellChannel(self._process.stdin, OutputReader(self._process.stdout))
-        self._agent_channel = ShellChannel(os.fdopen(agent_in_w, "wb"), OutputReader(agent_out_r))
         try:
             hello = self._control.execute("true", start_timeout)
         except BaseException:
@@ -166,6 +169,16 @@ class BwrapSandbox(Sandbox):
         if hello.exit_code != 0:
             self.close()
             raise SandboxError(f"the bubblewrap sandbox did not start: {hello.output.strip()[-2000:]}")
+        self._init_pid = _child_of(self._process.pid)
+        # Over /proc of the outer mount namespace: bwrap started there reads /proc/<its pid>.
+        self._proc = Path("/proc")
+        mounted = subprocess.run(
+            mount_proc_command(outer_pid=self._process.pid, init_pid=self._init_pid, proc=self._proc),
+            capture_output=True, text=True, timeout=start_timeout,
+        )
+        if mounted.returncode != 0:
+            self.close()
+            raise SandboxError(f"could not mount the sandbox's /proc: {mounted.stderr.strip()[-500:]}")
 
     @property
     def control(self) -> ShellChannel:
@@ -176,38 +189,75 @@ class BwrapSandbox(Sandbox):
         """Whether memory and process limits are enforced (a cgroup was available)."""
         return self._cgroup.available
 
-    def _spawn_agent_shell(self, wrapper: str) -> ShellChannel:
-        fd_in, fd_out = self._agent_fds
-        from mergekit_cycleqd.evaluate.isolation.channel import bash_quote
-
-        self._control_execute(
-            f"( setsid bash -c {bash_quote(wrapper)} <&{fd_in} >&{fd_out} 2>&1 "
-            f"{fd_in}<&- {fd_out}>&- & )",
-            15.0,
+    def _spawn_view(self, view: list[str], wrapper: str) -> ShellChannel:
+        """A bash in the sandbox's namespaces and cgroup, seeing the root through ``view``."""
+        join = "".join(f"echo $$ > {shlex.quote(f)}; " for f in self._cgroup.procs_files)
+        argv = [
+            *nsenter_prefix(outer_pid=self._process.pid, init_pid=self._init_pid), *view,
+            "/bin/bash", "--noprofile", "--norc", "-c", wrapper,
+        ]
+        process = subprocess.Popen(
+            ["sh", "-c", join + 'exec "$@"', "sh", *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        return self._agent_channel
+        self._shells.append(process)
+        assert process.stdin is not None and process.stdout is not None
+        return ShellChannel(process.stdin, OutputReader(process.stdout))
+
+    def _spawn_agent_shell(self, wrapper: str) -> ShellChannel:
+        view = view_command(self._bwrap, root=self._workdir / "root", proc=self._proc, capabilities=CAPABILITIES,
+                            path_env=SANDBOX_PATH)
+        return self._spawn_view(view, wrapper)
+
+    def _spawn_judge_shell(self, wrapper: str) -> ShellChannel:
+        snapshot = self._workdir / "judge-etc"
+        prepare = judge_prepare_script(root=self._workdir / "root", base=self._rootfs, snapshot_etc=snapshot)
+        done = subprocess.run(
+            ["nsenter", f"--mount=/proc/{self._process.pid}/ns/mnt", "--", "sh", "-c", prepare],
+            capture_output=True, text=True, timeout=120,
+        )
+        if done.returncode != 0:
+            raise SandboxError(f"could not prepare the judge's view: {done.stdout[-500:]}{done.stderr[-500:]}")
+        view = view_command(self._bwrap, root=self._workdir / "root", proc=self._proc, capabilities=CAPABILITIES,
+                            path_env=JUDGE_PATH, trusted_binds=judge_binds(self._rootfs, snapshot))
+        return self._spawn_view(view, wrapper)
 
     def close(self) -> None:
         if getattr(self, "_closed", False):
             return
         self._closed = True
         self.broken = True
-        try:
-            os.killpg(self._process.pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for process in [self._process, *self._shells]:
+            try:
+                os.killpg(process.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
         self._cgroup.kill_all()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        for process in [self._process, *self._shells]:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         self._cgroup.remove()
         self._control.close()
-        self._agent_channel.close()
         try:
             self._workdir.rmdir()
         except OSError:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _child_of(parent: int) -> int:
+    """The pid of ``parent``'s child (bwrap's: the sandbox's PID 1)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                return int(entry.name)
+    raise SandboxError(f"the bubblewrap sandbox (pid {parent}) has no init process")
 
 
 class BwrapBackend(SandboxBackend):

@@ -65,6 +65,9 @@ class CgroupLimits:
             self.dirs.append(directory)
             for key, value in settings.items():
                 (directory / key).write_text(value)
+            swap = directory / "memory.memsw.limit_in_bytes"  # no swapping past the limit
+            if controller == "memory" and swap.exists():
+                swap.write_text(str(memory_mb * 2**20))
             self.procs_files.append(str(directory / "cgroup.procs"))
 
     def _make_v2(self, name: str, memory_mb: int, pids: int) -> None:

@@ -1,14 +1,23 @@
 """Run untrusted Python (model-written code) so that it cannot harm the host.
 
-Each run gets a separate process tree in fresh PID, mount and network
-namespaces (``unshare``): no network at all (only a loopback that is down),
-private tmpfs over every world-writable directory, an empty work directory,
-a never-used uid (so it cannot write anything the host owns and its process
-count limit is its own), setrlimit limits on memory, CPU time, file size and
-process count, a clean environment and a wall-clock timeout after which the
-whole tree is killed. This needs root (or CAP_SYS_ADMIN); where namespaces
-cannot be created, programs still run with resource limits, a timeout and
-their own directory, and a warning says what is missing.
+Each run is one bubblewrap sandbox, built on the same pieces as the OS
+sandbox (``bwrap`` plus ``cgroups``), so a containment fix is made once:
+
+* fresh PID, IPC (no SysV shared memory outlives the run), network (no
+  network, no abstract Unix sockets), UTS and cgroup namespaces;
+* a root file system that is an empty tmpfs holding only what the interpreter
+  needs, read-only: its executable, its standard library (site-packages
+  hidden), libpython and the system library directories. No /etc, /var, /opt,
+  /home, /root, /run, no checkout, no cache: host files and host Unix sockets
+  are not reachable by path. ``/tmp`` and ``/dev/shm`` are private tmpfs;
+* one memory + pids cgroup for the whole process tree (``memory_mb`` and
+  ``max_processes`` hold for the sandbox, not per process), plus per-process
+  rlimits (address space, CPU seconds, file size, open files, no core dumps);
+* a never-used uid without capabilities, a clean environment, stdin from
+  /dev/null and a wall-clock timeout after which the whole tree is killed.
+
+This needs root and ``bwrap``. Elsewhere programs still run with rlimits, a
+timeout and their own directory, and a warning says what is missing.
 """
 
 from __future__ import annotations
@@ -18,24 +27,29 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergekit_cycleqd.evaluate.isolation.cgroups import CgroupLimits
 from mergekit_cycleqd.evaluate.isolation.reaping import kill_until_gone
 
 logger = logging.getLogger(__name__)
 
 _BOOTSTRAP = Path(__file__).with_name("_process_init.py")
-_UNSHARE_FLAGS = ("--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc")
 _SETUP_FAILED = 125
+_WORKDIR = "/tmp/sandbox"
+_CGROUP_SLACK = 4
+"""Processes of the sandbox machinery itself (sh, bwrap and its reaper) in the pids cgroup."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,8 @@ class SandboxResult:
     stderr: str
     timed_out: bool
     duration_s: float
+    uid: int | None = None
+    """The never-used uid the program ran under (None: the caller's own)."""
 
     @property
     def ok(self) -> bool:
@@ -84,7 +100,7 @@ _mode: str | None = None
 
 
 def isolation_mode() -> str:
-    """``"namespaces"`` when full isolation works here, else ``"none"`` (probed once)."""
+    """``"namespaces"`` when the bubblewrap sandbox works here, else ``"none"`` (probed once)."""
     global _mode
     with _mode_lock:
         if _mode is None:
@@ -93,18 +109,18 @@ def isolation_mode() -> str:
 
 
 def _probe() -> str:
-    if shutil.which("unshare") is None:
-        reason = "the unshare tool is not installed"
+    if shutil.which("bwrap") is None:
+        reason = "bubblewrap (bwrap) is not installed (Debian: apt-get install bubblewrap)"
     elif os.geteuid() != 0:
-        reason = "namespaces and a separate uid need root (or CAP_SYS_ADMIN)"
+        reason = "the sandbox needs root (a separate uid, cgroups, mounts)"
     else:
         result = _run("pass", ProcessLimits(timeout_s=30), namespaces=True)
         if result.ok:
             return "namespaces"
-        reason = f"unshare failed: {result.stderr.strip()[-300:] or result.returncode}"
+        reason = f"bwrap failed: {result.stderr.strip()[-300:] or result.returncode}"
     logger.warning(
-        "sandbox: %s; untrusted code runs WITHOUT network, filesystem and PID isolation "
-        "(resource limits and timeouts still apply)",
+        "sandbox: %s; untrusted code runs WITHOUT network, filesystem, IPC and PID isolation "
+        "and with per-process (not per-sandbox) memory limits (rlimits and timeouts still apply)",
         reason,
     )
     return "none"
@@ -120,6 +136,61 @@ def _sandbox_uid() -> int:
     return random.SystemRandom().randrange(1_000_000_000, 2_000_000_000)
 
 
+def python_view() -> list[str]:
+    """bwrap arguments for a read-only view of what this interpreter needs, and nothing else.
+
+    The system library directories (shared libraries of the interpreter and of its
+    extension modules), the interpreter, libpython and the standard library, each at
+    its host path; site-packages is hidden behind an empty tmpfs.
+    """
+    args: list[str] = []
+    for name in ("lib", "lib64", "lib32", "libx32"):
+        top = Path("/") / name
+        if top.is_symlink():
+            args += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            args += ["--ro-bind", str(top), str(top)]
+        usr = Path("/usr") / name
+        if usr.is_dir() and not usr.is_symlink():
+            args += ["--ro-bind", str(usr), str(usr)]
+    interpreter = os.path.realpath(sys.executable)
+    args += ["--ro-bind", interpreter, interpreter]
+    paths = sysconfig.get_paths()
+    for stdlib_dir in sorted({paths["stdlib"], paths["platstdlib"]}):
+        args += ["--ro-bind", stdlib_dir, stdlib_dir]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and os.path.isdir(libdir):
+        for library in sorted(Path(libdir).glob("libpython*.so*")):
+            args += ["--ro-bind", str(library), str(library)]
+    stdlib = Path(paths["stdlib"])
+    for hidden in sorted({Path(paths["purelib"]), Path(paths["platlib"])}):
+        if hidden.is_dir() and stdlib in hidden.parents:
+            args += ["--tmpfs", str(hidden), "--remount-ro", str(hidden)]
+    # bwrap creates missing parents 0700: make them traversable for the program's uid.
+    bound = {Path(args[i + 2]) for i, a in enumerate(args) if a in ("--ro-bind", "--symlink")}
+    parents = {p for target in bound for p in target.parents if p not in bound and p != Path("/")}
+    dirs = [a for p in sorted(parents, key=lambda p: len(p.parts)) for a in ("--perms", "0755", "--dir", str(p))]
+    return dirs + args
+
+
+def bwrap_python_command(bwrap: str, *, tmpfs_mb: int, interpreter: str, bootstrap: str) -> list[str]:
+    """The bubblewrap command line that starts the bootstrap; see the module docstring."""
+    size = str(tmpfs_mb * 2**20)
+    return [
+        bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+        *python_view(),
+        "--dev", "/dev", "--proc", "/proc",
+        "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+        "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
+        "--remount-ro", "/",
+        "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+        "--cap-add", "CAP_CHOWN",
+        "--clearenv", "--setenv", "LANG", "C.UTF-8", "--chdir", "/",
+        "--", interpreter, "-I", "-S", "-c", bootstrap,
+    ]
+
+
 def _run(source: str, limits: ProcessLimits, namespaces: bool) -> SandboxResult:
     host_dir = Path(tempfile.mkdtemp(prefix="cqd-sandbox-"))
     try:
@@ -133,60 +204,61 @@ def _run_in(host_dir: Path, source: str, limits: ProcessLimits, namespaces: bool
     if uid is not None and not namespaces and not _others_can_run(sys.base_prefix):
         # Without a mount namespace the interpreter cannot be exposed to another uid.
         uid = None
-    workdir = host_dir / "work"
-    workdir.mkdir(mode=0o700)
-    program = (host_dir if namespaces else workdir) / "program.py"
-    program.write_text(source, encoding="utf-8")
-    if uid is not None and not namespaces:
-        os.chmod(host_dir, 0o711)
-        os.chmod(program, 0o644)
     interpreter = os.path.realpath(sys.executable)
     config = {
-        "program": str(program),
-        "namespaces": namespaces,
-        "workdir": str(workdir),
+        "workdir": _WORKDIR if namespaces else str(host_dir / "work"),
         "uid": uid,
         "interpreter": interpreter,
-        "interpreter_prefix": sys.base_prefix,
         "memory_bytes": limits.memory_mb * 2**20,
         "cpu_s": limits.cpu_s or math.ceil(limits.timeout_s) + 1,
         "file_size_bytes": limits.file_size_mb * 2**20,
         "max_processes": limits.max_processes,
-        "tmpfs_mb": limits.tmpfs_mb,
     }
-    argv = [interpreter, "-I", "-S", str(_BOOTSTRAP), json.dumps(config)]
+    if uid is not None and not namespaces:
+        os.chmod(host_dir, 0o711)
+    bootstrap = _BOOTSTRAP.read_text()
+    cgroup: CgroupLimits | None = None
     if namespaces:
-        argv = ["unshare", *_UNSHARE_FLAGS, "--", *argv]
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-    }
+        argv = bwrap_python_command(
+            shutil.which("bwrap") or "bwrap", tmpfs_mb=limits.tmpfs_mb, interpreter=interpreter,
+            bootstrap=bootstrap,
+        )
+        cgroup = CgroupLimits(limits.memory_mb, limits.max_processes + _CGROUP_SLACK)
+        # The shell joins the cgroup before it becomes bwrap: every descendant is counted.
+        join = "".join(f"echo $$ > {shlex.quote(f)}; " for f in cgroup.procs_files)
+        argv = ["sh", "-c", join + 'exec "$@"', "sh", *argv, json.dumps(config)]
+    else:
+        argv = [interpreter, "-I", "-S", "-c", bootstrap, json.dumps(config)]
+    program_path = host_dir / "program.py"
+    program_path.write_text(source, encoding="utf-8")
     stdout_path, stderr_path = host_dir / "stdout", host_dir / "stderr"
     start = time.monotonic()
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            cwd=host_dir,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
-        timed_out = False
-        try:
-            process.wait(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            # Killing the group kills unshare, whose death kills the namespace's PID 1
-            # and with it every process left inside (see _process_init).
+    try:
+        with open(program_path, "rb") as program, open(stdout_path, "wb") as out, \
+                open(stderr_path, "wb") as err:
+            process = subprocess.Popen(
+                argv, stdin=program, stdout=out, stderr=err, cwd=host_dir,
+                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                     "LANG": "C.UTF-8"},
+                start_new_session=True, close_fds=True,
+            )
+            timed_out = False
             try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
+                process.wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                # Killing the group kills bwrap, whose death kills the namespace's PID 1
+                # and with it every process left inside; the cgroup catches the rest.
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait()
+    finally:
+        if cgroup is not None:
+            cgroup.kill_all()
+            cgroup.remove()
     if uid is not None:
         _reap_uid(uid)
     duration = time.monotonic() - start
@@ -197,6 +269,7 @@ def _run_in(host_dir: Path, source: str, limits: ProcessLimits, namespaces: bool
         stderr=_read_tail(stderr_path, limits.max_output_chars),
         timed_out=timed_out,
         duration_s=duration,
+        uid=uid,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mergekit_cycleqd.errors import SandboxError
@@ -21,9 +21,6 @@ from mergekit_cycleqd.evaluate.isolation.channel import CommandResult, ShellChan
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GRACE_S = 10.0
-
-
-
 
 @dataclass(frozen=True)
 class SandboxLimits:
@@ -40,6 +37,8 @@ class Sandbox(ABC):
     def __init__(self) -> None:
         self._agent: ShellChannel | None = None
         self._agent_pgid: int | None = None
+        self._judge: ShellChannel | None = None
+        self._judge_pgid: int | None = None
         self._exit_marker = f"__CQD_EXIT_{secrets.token_hex(8)}__"
         self.broken = False
 
@@ -108,29 +107,68 @@ class Sandbox(ABC):
             self._stop_agent_shell()
         return result
 
-    def _start_agent_shell(self, timeout: float) -> None:
+    def _start_shell(self, spawn: Callable[[str], ShellChannel], timeout: float) -> tuple[ShellChannel, int]:
         ready = f"__CQD_READY_{secrets.token_hex(8)}__"
         wrapper = (
             f"printf '\\n%s%s\\n' {ready} \"$$\"; cd /root 2>/dev/null; "
             f"bash --noprofile --norc; printf '\\n%s\\n' {self._exit_marker}"
         )
-        channel = self._spawn_agent_shell(wrapper)
+        channel = spawn(wrapper)
         # Output of a killed predecessor may still precede the banner: skip it.
         before, match = channel.reader.read_until(
             re.compile(re.escape(ready).encode() + rb"(\d+)\n"), timeout
         )
         if match is None:
             self.broken = True
-            raise SandboxError(f"the agent shell did not start: {before[-500:]!r}")
-        self._agent = channel
-        self._agent_pgid = int(match.group(1))
+            raise SandboxError(f"a shell in the sandbox did not start: {before[-500:]!r}")
+        return channel, int(match.group(1))
+
+    def _start_agent_shell(self, timeout: float) -> None:
+        self._agent, self._agent_pgid = self._start_shell(self._spawn_agent_shell, timeout)
 
     def _stop_agent_shell(self) -> None:
         """Kill the agent shell's whole process group (a runaway loop, a fork bomb)."""
-        if self._agent_pgid is not None and not self.broken:
-            self._control_execute(f"kill -9 -- -{self._agent_pgid} 2>/dev/null; true", 15.0)
+        self._kill_group(self._agent_pgid)
         self._agent_pgid = None
         self._agent = None
+
+    def _kill_group(self, pgid: int | None) -> None:
+        if pgid is not None and not self.broken:
+            self._control_execute(f"kill -9 -- -{pgid} 2>/dev/null; true", 15.0)
+
+    # -- judge side ----------------------------------------------------------------------
+    def _spawn_judge_shell(self, wrapper: str) -> ShellChannel:
+        """Start the judge's shell; backends that can, give it tools the agent cannot change."""
+        return self._spawn_agent_shell(wrapper)
+
+    def judge(
+        self, script: str, args: Sequence[str] = (), language: str = "bash", timeout: float = 30.0
+    ) -> CommandResult:
+        """Run judge code (a check, the reference solution) once the agent is done.
+
+        The agent's shell is stopped first and the code runs as one command of a fresh
+        judge shell shaped like the agent's, so it sees the processes the agent's commands
+        saw, and its output is only its own (not that of background jobs started earlier).
+        """
+        self._stop_agent_shell()
+        if self.broken:
+            return CommandResult("sandbox is no longer running", None, shell_exited=True)
+        if self._judge is None:
+            self._judge, self._judge_pgid = self._start_shell(self._spawn_judge_shell, timeout)
+        if language == "python":
+            command = " ".join(["python3", "-c", bash_quote(script), *map(bash_quote, args)])
+        elif language == "bash":
+            command = script if not args else " ".join(
+                ["bash", "-c", bash_quote(script), "bash", *map(bash_quote, args)])
+        else:
+            raise ValueError(f"unknown script language {language!r} (expected 'bash' or 'python')")
+        result = self._judge.execute(
+            f"eval -- {bash_quote(command)} </dev/null", timeout, self._exit_marker.encode()
+        )
+        if result.timed_out or result.shell_exited:
+            self._kill_group(self._judge_pgid)
+            self._judge, self._judge_pgid = None, None
+        return result
 
     def __enter__(self) -> Sandbox:
         return self
