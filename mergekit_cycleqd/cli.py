@@ -90,6 +90,9 @@ def cmd_run(argv: list[str]) -> int:
     if args.seed is not None:
         recipe.search.seed = args.seed
     run_dir = args.out or Path(recipe.output.dir or Path("runs") / recipe.name)
+    from mergekit_cycleqd.recipe.checks import check_recipe
+
+    check_recipe(recipe, source=str(args.recipe))  # before any run folder exists
 
     from mergekit_cycleqd.search.loop import CycleQD
 
@@ -131,20 +134,27 @@ def print_summary(summary) -> None:
 def cmd_check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mergekit-cycleqd check",
-        description="Validate a recipe (schema, evaluator options, model paths) without running.",
+        description=(
+            "Check a recipe (or a run folder's stored recipe) without running: schema, "
+            "evaluator options and data files, every model path or Hub id, that all models "
+            "share architecture and shapes (config.json and safetensors headers, no weights "
+            "loaded), every lm-eval task, metric and filter name."
+        ),
     )
-    parser.add_argument("recipe", type=Path)
+    parser.add_argument("recipe", type=Path, help="a recipe file, or a run folder")
     _add_var_option(parser)
     args = parser.parse_args(argv)
-    recipe = _load(args.recipe, args.var)
-    from mergekit_cycleqd.search.loop import check_models
+    path = args.recipe / "recipe.yml" if args.recipe.is_dir() else args.recipe
+    recipe = _load(path, args.var)
+    from mergekit_cycleqd.recipe.checks import check_recipe
 
-    check_models(recipe)
+    report = check_recipe(recipe, source=str(path))
     print(
-        f"{args.recipe}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "
+        f"{path}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "
         f"{len(recipe.experts)} experts, {recipe.search.generations} generations, "
         f"{recipe.search.mutation.kind} mutation, {recipe.search.sampling.kind} sampling"
     )
+    print("experts per task:\n  " + "\n  ".join(report.mapping))
     return 0
 
 
