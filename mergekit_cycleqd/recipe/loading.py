@@ -289,7 +289,9 @@ def experts_from_mergekit_config(
 
 
 def _task_in_name(model: str, tasks: list[str]) -> str | None:
-    """The one task whose name appears in the model's last path part, else None."""
+    """The one task whose name is a word of the model's last path part, else None."""
     name = Path(model).name.lower()
-    found = [t for t in tasks if t.lower() in name]
+    found = [
+        t for t in tasks if re.search(rf"(?<![a-z0-9]){re.escape(t.lower())}(?![a-z0-9])", name)
+    ]
     return found[0] if len(found) == 1 else None

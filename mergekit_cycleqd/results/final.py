@@ -164,6 +164,9 @@ def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
 
     if out_dir.exists() and (out_dir / "config.json").exists():
         return out_dir
+    from mergekit_cycleqd.merge.config_check import validate_config
+
+    validate_config(config)
     text = yaml.safe_dump(config, sort_keys=False)
     run_merge(
         MergeConfiguration.model_validate(copy.deepcopy(config)),
