@@ -349,5 +349,5 @@ def test_publish_run_errors(run_folder, tmp_path):
         models = ledger.meta()["models"]
         models["experts"][1]["hub_id"] = None
         ledger.set_meta(models=models)
-    with pytest.raises(PublishError, match="expert 'db-expert' of this run has no .*Hub id"):
+    with pytest.raises(PublishError, match=r"expert 'db-expert' \(--expert-hub-id db-expert=ID\) of this run has no .*Hub id"):
         publish_run(run, "org/run", {"elite": 7}, dry_run=True)
