@@ -50,7 +50,9 @@ def _run_parser() -> argparse.ArgumentParser:
         "--no-final", action="store_true", help="stop after the search (no final models or report)"
     )
     _add_var_option(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and the libraries' own logs"
+    )
     return parser
 
 
@@ -82,6 +84,9 @@ def cmd_run(argv: list[str]) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from mergekit_cycleqd.search.progress import quiet_libraries
+
+    quiet_libraries(args.verbose)
     recipe = _load(args.recipe, args.var)
     if args.generations is not None:
         recipe.search.generations = args.generations
