@@ -21,7 +21,7 @@ from mergekit_cycleqd.recipe.schema import ExpertSpec, MergekitSource, ModelSpec
 def _short(value: Any, limit: int = 80) -> str:
     """A value as it appears in an error: whole sections are cut, never dumped."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + " ...)"
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
