@@ -101,8 +101,9 @@ def test_timing_groups_one_bar_per_child_then_means():
     assert rows[0].tolist() == [2.0, 1.0, 0.0] and rows[-1].tolist() == [121.0, 1.0, 0.0]
 
 
-def _grids_by_hand(ledger_path, tasks, bins, lo=0.0, hi=0.8):
-    """Each task's archive filled straight from the ledger rows, in filing order.
+def archives_by_hand(ledger_path):
+    """Each task's archive filled straight from the ledger's rows, in filing order:
+    {task: {cell: (score, child id)}}.
 
     Written from the paper's rule, not with the project's archive code: the cell of a
     model in task T's archive is, per other task, the index of the right-closed bin
@@ -111,25 +112,42 @@ def _grids_by_hand(ledger_path, tasks, bins, lo=0.0, hi=0.8):
     """
     import sqlite3
 
-    edges = [lo + (hi - lo) * k / bins for k in range(1, bins)]
-    grids = {t: np.full((bins,) * (len(tasks) - 1), np.nan) for t in tasks}
     with sqlite3.connect(ledger_path) as db:
+        meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
         rows = db.execute(
             "SELECT c.id, s.task, s.score FROM children c JOIN scores s ON s.child_id = c.id "
             "WHERE c.status = 'ok' AND c.role IN ('seed', 'child') AND s.split = 'opt' "
             "ORDER BY c.id"
         ).fetchall()
+    tasks, bins = meta["tasks"], int(meta["bins"])
+    edges = {
+        t: [lo + (hi - lo) * k / bins for k in range(1, bins)]
+        for t, (lo, hi) in meta["bc_ranges"].items()
+    }
     scores: dict[int, dict[str, float]] = {}
     for child_id, task, score in rows:
         scores.setdefault(child_id, {})[task] = score
+    archives: dict[str, dict[tuple, tuple[float, int]]] = {t: {} for t in tasks}
     for child_id in sorted(scores):
+        if set(scores[child_id]) != set(tasks):
+            continue
         for task in tasks:
             cell = tuple(
-                sum(1 for e in edges if e < scores[child_id][o]) for o in tasks if o != task
+                sum(1 for e in edges[o] if e < scores[child_id][o]) for o in tasks if o != task
             )
-            current = grids[task][cell]
-            if np.isnan(current) or scores[child_id][task] > current:
-                grids[task][cell] = scores[child_id][task]
+            held = archives[task].get(cell)
+            if held is None or scores[child_id][task] > held[0]:
+                archives[task][cell] = (scores[child_id][task], child_id)
+    return archives
+
+
+def _grids_by_hand(ledger_path, bins):
+    grids = {}
+    for task, cells in archives_by_hand(ledger_path).items():
+        grid = np.full((bins,) * len(next(iter(cells))), np.nan)
+        for cell, (score, _) in cells.items():
+            grid[cell] = score
+        grids[task] = grid
     return grids
 
 
@@ -140,7 +158,7 @@ def test_load_run_history(tmp_path):
     assert len(filed) == 3 + 23 and len(data.failed) == 1
     assert [f.filed for f in data.frames] == [5, 10, 15, 20, 25, 26]
     assert data.frames[-1].child_id == filed[-1].id
-    expected = _grids_by_hand(run / "ledger.sqlite", ["code", "db", "os"], bins=4)
+    expected = _grids_by_hand(run / "ledger.sqlite", bins=4)
     for task in ("code", "db", "os"):
         assert np.array_equal(data.frames[-1].grids[task], expected[task], equal_nan=True)
         best = max(r.scores[task] for r in filed)
