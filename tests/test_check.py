@@ -118,7 +118,7 @@ def test_hub_ids_not_cached_are_all_named_with_the_fetch_command(raw, tmp_path, 
     raw["experts"][1]["path"] = "someorg/expert-db"
     message = _check(write_recipe(tmp_path / "r.yml", raw))
     assert "r.yml: base_model ('someorg/base-7b'), experts[1].path ('someorg/expert-db')" in message
-    assert "not in the local Hugging Face cache" in message
+    assert "not in the local Hugging Face cache" in message and "Hub cannot be reached" in message
     assert "huggingface-cli download someorg/base-7b" in message
     assert "huggingface-cli download someorg/expert-db" in message
 
@@ -177,3 +177,11 @@ def test_check_a_run_folder_checks_its_stored_recipe(raw, tmp_path, capsys) -> N
     assert main(["check", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"{run / 'recipe.yml'}: experts[2].path: model folder does not exist" in err
+
+
+def test_lm_eval_task_whose_data_file_is_missing(raw, tmp_path) -> None:
+    raw = _lm_eval_recipe(raw, tmp_path)
+    (tmp_path / "tasks" / "sort.jsonl").unlink()
+    message = _check(write_recipe(tmp_path / "r.yml", raw))
+    assert "r.yml: tasks[0].options/optimisation.task: task 'toy_sort_opt' reads data file" in message
+    assert f"'{tmp_path / 'tasks' / 'sort.jsonl'}', which does not exist" in message

@@ -65,6 +65,19 @@ def _cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+def _remote_config(repo_id: str) -> Path | None:
+    """The folder of the model's config.json fetched alone from the Hub, or None when
+    offline or unreachable (a run would download the whole model; check needs only this)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5)).parent
+    except Exception:  # no network, unknown or gated id: listed with the fetch command
+        return None
+
+
 def _near(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -86,7 +99,7 @@ def check_models(recipe: Recipe, *, source: str) -> tuple[dict[str, Path], list[
                     f"(got {spec.path!r})"
                 )
         elif looks_like_hub_id(spec.path):
-            snapshot = _cached_snapshot(spec.path)
+            snapshot = _cached_snapshot(spec.path) or _remote_config(spec.path)
             if snapshot is None:
                 uncached.append((where, spec.path))
             else:
@@ -101,8 +114,9 @@ def check_models(recipe: Recipe, *, source: str) -> tuple[dict[str, Path], list[
         names = ", ".join(f"{w} ({p!r})" for w, p in uncached)
         fetch = "\n".join(f"    huggingface-cli download {p}" for _, p in uncached)
         problems.append(
-            f"{source}: {names}: not a local folder and not in the local Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); fetch them once with\n{fetch}"
+            f"{source}: {names}: not a local folder, not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the Hub cannot be "
+            f"reached (or has no such model); fetch them once with\n{fetch}"
         )
     return folders, problems
 
@@ -213,6 +227,7 @@ def _check_lm_eval_task(options: Any, *, where: str, managers: dict) -> list[str
             f"(got {options.metric!r}); it reports: {', '.join(metrics)}"
             + _near(options.metric, metrics)
         )
+    problems += _missing_data_files(config, where=where, task=options.task)
     filters = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)]
     filters = filters or ["none"]
     if options.filter not in filters:
@@ -221,6 +236,19 @@ def _check_lm_eval_task(options: Any, *, where: str, managers: dict) -> list[str
             f"(got {options.filter!r}); its filters: {', '.join(map(str, filters))}"
         )
     return problems
+
+
+def _missing_data_files(config: dict[str, Any], *, where: str, task: str) -> list[str]:
+    """Local data files a task YAML names (``dataset_kwargs.data_files``) that do not exist."""
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(files, dict):
+        files = list(files.values())
+    paths = [f for f in (files if isinstance(files, list) else [files]) if isinstance(f, str)]
+    return [
+        f"{where}.task: task {task!r} reads data file {path!r}, which does not exist"
+        for path in paths
+        if "://" not in path and not any(c in path for c in "*?[") and not Path(path).exists()
+    ]
 
 
 def _task_config(manager: Any, name: str) -> dict[str, Any] | None:
