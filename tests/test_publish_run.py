@@ -144,3 +144,19 @@ def test_final_and_elite_get_their_own_default_repositories(plain_run) -> None:
     one = publish_run(plain_run, None, {"elite": elite}, **kwargs)
     assert final.models[0].repo_id == "me/probe-final"
     assert one.models[0].repo_id == f"me/probe-elite-{elite}"
+
+
+def test_hub_ids_added_to_the_recipe_resume_and_reach_the_card(tiny_family, tmp_path) -> None:
+    raw = probe_recipe(*tiny_family, generations=2)
+    run_dir = tmp_path / "run"
+    assert main([str(write_recipe(tmp_path / "r.yml", raw)), "--out", str(run_dir), "--no-final"]) == 0
+    raw["base_model"] = {"path": raw["base_model"], "hub_id": "org/base"}
+    for k, expert in enumerate(raw["experts"]):
+        expert["hub_id"] = f"org/e{k}"
+    again = write_recipe(tmp_path / "r2.yml", raw)
+    assert main([str(again), "--out", str(run_dir), "--resume", "--no-final"]) == 0
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        elite = next(r.id for r in ledger.children(role="child") if r.status == "ok")
+    result = publish_run(run_dir, "org/x", {"elite": elite}, dry_run=True)
+    card = parse_front_matter((result.models[0].folder / "README.md").read_text())
+    assert card["base_model"] == ["org/base", "org/e0", "org/e1", "org/e2"]
