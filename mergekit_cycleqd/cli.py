@@ -81,7 +81,7 @@ def _load(recipe_path: Path, assignments: list[str] | None = None):
 def cmd_run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,  # libraries log to root too
         format="%(levelname)s %(name)s: %(message)s",
     )
     from mergekit_cycleqd.search.progress import quiet_libraries

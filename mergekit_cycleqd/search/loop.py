@@ -319,10 +319,4 @@ class CycleQD:
         self.ledger.close()
 
 
-def check_models(recipe: Recipe) -> None:
-    """Resolve base and experts now so a bad path fails before any work."""
-    if recipe.assets is None:
-        resolve_models(recipe)
-
-
 __all__ = ["CycleQD", "RunError", "RunSummary", "RecipeError", "active_task"]

@@ -27,6 +27,7 @@ _BAR_WIDTH = 50
 CHATTY_LOGGERS = (
     "lm_eval", "lm-eval", "mergekit", "transformers", "accelerate", "datasets",
     "huggingface_hub", "httpx", "urllib3", "filelock", "fsspec", "ray", "torch", "vllm",
+    "matplotlib", "PIL",
 )
 
 
@@ -40,6 +41,7 @@ def quiet_libraries(verbose: bool = False) -> None:
     """
     if verbose:
         return
+    logging.getLogger("mergekit_cycleqd").setLevel(logging.INFO)  # ours, above a WARNING root
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
