@@ -172,7 +172,9 @@ def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
     run_merge(
         MergeConfiguration.model_validate(copy.deepcopy(config)),
         str(out_dir),
-        options=MergeOptions(copy_tokenizer=True, write_model_card=False, lazy_unpickle=True),
+        options=MergeOptions(
+            copy_tokenizer=True, write_model_card=False, lazy_unpickle=True, quiet=True
+        ),  # the final step shows its own progress
         config_source=text,
     )
     (out_dir / "mergekit_config.yml").write_text(text, encoding="utf-8")

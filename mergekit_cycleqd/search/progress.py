@@ -52,6 +52,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" per model load
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
     try:
