@@ -22,7 +22,7 @@ import mergekit_cycleqd  # noqa: F401  (registers cycleqd, cycleqd_genome)
 
 assert {"cycleqd", "cycleqd_genome"} <= {m.spec.name for m in methods.registered_methods()}
 PY
-# These six import tests/common.py (tiny-model helpers), which the 0.1.5 sdist does not
+# These six import tests/common.py (tiny-model builders), which the 0.1.5 sdist does not
 # ship, so they cannot be collected; every other test file runs.
 missing_common=(test_basic_merges test_chat_template test_embedding_truncation
                 test_merge_dtypes test_tokenizer test_vocabulary_axis)
