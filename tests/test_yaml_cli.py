@@ -173,3 +173,23 @@ def test_genome_yaml_rebuilds_a_missing_svd_cache(tiny_family, tmp_path, rank):
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "fresh-cache").glob("svd-*.safetensors"))
     _assert_identical(_load(tmp_path / "out"), expected)
+
+
+@pytest.mark.parametrize(
+    "method, where, key",
+    [("task_arithmetic", "parameters", "densty"), ("ties", "models[0].parameters", "weigth")],
+)
+def test_builtin_method_typos_are_refused_with_file_field_and_value(tiny_family, tmp_path, method, where, key):
+    base, experts = tiny_family
+    model = {"model": str(experts[0]), "parameters": {"weight": 1.0}}
+    config = {"merge_method": method, "base_model": str(base), "models": [model], "dtype": "float32"}
+    if where == "parameters":
+        config["parameters"] = {key: 0.5}
+    else:
+        model["parameters"] = {key: 1.0}
+    result = _run(main, config, tmp_path / "out", tmp_path)
+    assert result.exit_code != 0
+    assert f"{tmp_path / 'out.yml'}: {where}.{key}: unknown parameter {key!r} for merge method {method}" in (
+        result.output
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
