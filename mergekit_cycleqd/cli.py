@@ -50,7 +50,9 @@ def _run_parser() -> argparse.ArgumentParser:
         "--no-final", action="store_true", help="stop after the search (no final models or report)"
     )
     _add_var_option(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and the libraries' own logs"
+    )
     return parser
 
 
@@ -79,9 +81,12 @@ def _load(recipe_path: Path, assignments: list[str] | None = None):
 def cmd_run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,  # libraries log to root too
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from mergekit_cycleqd.search.progress import quiet_libraries
+
+    quiet_libraries(args.verbose)
     recipe = _load(args.recipe, args.var)
     if args.generations is not None:
         recipe.search.generations = args.generations
@@ -90,6 +95,9 @@ def cmd_run(argv: list[str]) -> int:
     if args.seed is not None:
         recipe.search.seed = args.seed
     run_dir = args.out or Path(recipe.output.dir or Path("runs") / recipe.name)
+    from mergekit_cycleqd.recipe.checks import check_recipe
+
+    check_recipe(recipe, source=str(args.recipe))  # before any run folder exists
 
     from mergekit_cycleqd.search.loop import CycleQD
 
@@ -131,20 +139,27 @@ def print_summary(summary) -> None:
 def cmd_check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mergekit-cycleqd check",
-        description="Validate a recipe (schema, evaluator options, model paths) without running.",
+        description=(
+            "Check a recipe (or a run folder's stored recipe) without running: schema, "
+            "evaluator options and data files, every model path or Hub id, that all models "
+            "share architecture and shapes (config.json and safetensors headers, no weights "
+            "loaded), every lm-eval task, metric and filter name."
+        ),
     )
-    parser.add_argument("recipe", type=Path)
+    parser.add_argument("recipe", type=Path, help="a recipe file, or a run folder")
     _add_var_option(parser)
     args = parser.parse_args(argv)
-    recipe = _load(args.recipe, args.var)
-    from mergekit_cycleqd.search.loop import check_models
+    path = args.recipe / "recipe.yml" if args.recipe.is_dir() else args.recipe
+    recipe = _load(path, args.var)
+    from mergekit_cycleqd.recipe.checks import check_recipe
 
-    check_models(recipe)
+    report = check_recipe(recipe, source=str(path))
     print(
-        f"{args.recipe}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "
+        f"{path}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "
         f"{len(recipe.experts)} experts, {recipe.search.generations} generations, "
         f"{recipe.search.mutation.kind} mutation, {recipe.search.sampling.kind} sampling"
     )
+    print("experts per task:\n  " + "\n  ".join(report.mapping))
     return 0
 
 
@@ -208,7 +223,11 @@ def cmd_publish(argv: list[str]) -> int:
         description="Materialise chosen models of a run and upload them to the Hugging Face Hub.",
     )
     parser.add_argument("run", type=Path)
-    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    parser.add_argument("--repo-id", help="ORG/NAME on the Hub (several models: ORG/NAME-<model>)")
+    parser.add_argument(
+        "--org", help="without --repo-id: publish to ORG/<run name>-final, ORG/<run name>-elite-ID"
+    )
+    _add_hub_id_options(parser)
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument("--final", action="store_true", help="the aggregated final model")
     choice.add_argument("--elite", type=int, metavar="CHILD_ID", help="one model of the ledger")
@@ -233,9 +252,42 @@ def cmd_publish(argv: list[str]) -> int:
         private=args.private,
         dry_run=args.dry_run,
         endpoint=args.endpoint,
+        org=args.org,
+        **_hub_id_arguments(args),
     )
     print(result)
     return 0
+
+
+def _add_hub_id_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-hub-id", metavar="ID", help="Hub id of the run's base model")
+    parser.add_argument(
+        "--expert-hub-id",
+        action="append",
+        default=[],
+        metavar="NAME=ID",
+        help="Hub id of the expert NAME (repeatable); default: the recipe's hub_id, else the "
+        "model folder's own config.json/README.md metadata",
+    )
+    parser.add_argument(
+        "--no-hub-ids",
+        action="store_true",
+        help="models without a Hub id are named only locally on the card (no base_model link)",
+    )
+
+
+def _hub_id_arguments(args: argparse.Namespace) -> dict:
+    experts = {}
+    for assignment in args.expert_hub_id:
+        name, sep, hub_id = assignment.partition("=")
+        if not sep or not name or not hub_id:
+            raise CommandError(f"--expert-hub-id expects NAME=ORG/MODEL, got {assignment!r}")
+        experts[name] = hub_id
+    return {
+        "base_hub_id": args.base_hub_id,
+        "expert_hub_ids": experts,
+        "allow_missing_hub_ids": args.no_hub_ids,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

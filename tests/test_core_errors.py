@@ -133,8 +133,21 @@ def test_unknown_parameters_are_refused():
         match=r"models\[0\].parameters.normalize: 'normalize' is a global parameter",
     ):
         check_config(config)
-    # other methods keep mergekit's behaviour
-    check_config({"merge_method": "linear", "parameters": {"anything": 1}})
+    # mergekit's own methods are checked against the parameters they declare
+    with pytest.raises(
+        UnknownParameterError,
+        match=r"parameters.densty: unknown parameter 'densty' for merge method task_arithmetic "
+        r"\(known: .*\); did you mean 'density'\?",
+    ):
+        check_config({"merge_method": "task_arithmetic", "parameters": {"densty": 0.5}})
+    with pytest.raises(
+        UnknownParameterError,
+        match=r"models\[0\].parameters.weigth: unknown parameter 'weigth' for merge method ties",
+    ):
+        check_config({"merge_method": "ties", "models": [{"model": "e", "parameters": {"weigth": 1}}]})
+    check_config({"merge_method": "ties", "parameters": {"density": 0.5, "weight": 1.0}})
+    with pytest.raises(InvalidParameterError, match=r"parameters.genome: cycleqd_genome needs"):
+        check_config({"merge_method": "cycleqd_genome", "models": [{"model": "e"}]})
 
 
 def test_invalid_values_in_yaml_are_refused():

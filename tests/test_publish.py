@@ -279,26 +279,30 @@ def run_folder(tmp_path, model_dirs, monkeypatch):
 
 
 def test_publish_run_archive_top_k_dry_run(run_folder):
-    from mergekit_cycleqd.filing.archive import archives_from_ledger
+    import heapq
+
     from mergekit_cycleqd.filing.ledger import Ledger
     from mergekit_cycleqd.results.publish import publish_run
+    from tests.test_report import archives_by_hand
 
     run, calls = run_folder
+    # the db archive filled by hand from the ledger rows; its two best scores (random
+    # floats: no ties), found by a heap rather than a sort
+    ranked = [i for _, i in heapq.nlargest(2, archives_by_hand(run / "ledger.sqlite")["db"].values())]
     with Ledger(run / "ledger.sqlite") as ledger:
-        elites = archives_from_ledger(ledger)["db"].elites.values()
-        ranked = sorted(elites, key=lambda e: (-e.quality, e.child_id))[:2]
-        records = [ledger.child(e.child_id) for e in ranked]
+        records = [ledger.child(i) for i in ranked]
+    assert records[0].scores["db"] > records[1].scores["db"]
     result = publish_run(run, "org/run", {"archive": "db", "top": 2}, dry_run=True)
-    assert calls == [e.child_id for e in ranked]
-    assert [m.repo_id for m in result.models] == [f"org/run-elite-{e.child_id}" for e in ranked]
-    folder = run / "publish" / "repos" / f"elite-{ranked[0].child_id}"
+    assert calls == ranked
+    assert [m.repo_id for m in result.models] == [f"org/run-elite-{i}" for i in ranked]
+    folder = run / "publish" / "repos" / f"elite-{ranked[0]}"
     meta = parse_front_matter((folder / "README.md").read_text())
     values = {(r["dataset"]["type"], r["dataset"]["split"]): r["metrics"][0]["value"]
               for r in meta["model-index"][0]["results"]}
     assert values == {(t, "opt"): round(records[0].scores[t], 6) for t in ("code", "db", "os")}
     assert meta["base_model"] == ["org/base", "org/code", "org/db", "org/os"]
     assert (folder / "archive.png").read_bytes().startswith(b"\x89PNG")
-    assert str(result).splitlines()[0].startswith(f"elite-{ranked[0].child_id}: dry-run -> ")
+    assert str(result).splitlines()[0].startswith(f"elite-{ranked[0]}: dry-run -> ")
 
 
 def test_publish_run_elite_ships_genome_and_hub_config(run_folder):
@@ -349,5 +353,5 @@ def test_publish_run_errors(run_folder, tmp_path):
         models = ledger.meta()["models"]
         models["experts"][1]["hub_id"] = None
         ledger.set_meta(models=models)
-    with pytest.raises(PublishError, match="expert 'db-expert' of this run has no .*Hub id"):
+    with pytest.raises(PublishError, match=r"expert 'db-expert' \(--expert-hub-id db-expert=ID\) of this run has no .*Hub id"):
         publish_run(run, "org/run", {"elite": 7}, dry_run=True)

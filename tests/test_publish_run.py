@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import huggingface_hub
 import pytest
 import torch
@@ -64,14 +66,97 @@ def test_publish_real_final_model(probe_run, capsys) -> None:
 
 def test_publish_cli_dry_run_top_k(probe_run, capsys) -> None:
     assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "t0", "--top", "2", "--dry-run"]) == 0
-    with Ledger(probe_run / "ledger.sqlite") as ledger:
-        from mergekit_cycleqd.filing.archive import archives_from_ledger
+    from tests.test_report import archives_by_hand
 
-        top = sorted(archives_from_ledger(ledger)["t0"].members(), key=lambda e: -e.quality)[:2]
-    repos = sorted(p.name for p in (probe_run / "publish" / "repos").iterdir())
-    assert repos == sorted(f"elite-{e.child_id}" for e in top)
+    # t0's archive filled by hand from the ledger rows; its two best by a heap, not a sort
+    elites = archives_by_hand(probe_run / "ledger.sqlite")["t0"].values()
+    top = [child_id for _, child_id in heapq.nlargest(2, elites)]
+    repos = {p.name for p in (probe_run / "publish" / "repos").iterdir()}
+    assert repos == {f"elite-{child_id}" for child_id in top}
     for repo in repos:
         assert (probe_run / "publish" / "repos" / repo / "README.md").exists()
         assert list((probe_run / "publish" / "repos" / repo).glob("*.safetensors"))
     assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "nope", "--dry-run"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_family, tmp_path_factory):
+    """A run planned without the Hub: no hub_id anywhere, local model paths (dry runs only)."""
+    raw = probe_recipe(*tiny_family, generations=4)
+    tmp_path = tmp_path_factory.mktemp("plain")
+    run_dir = tmp_path / "plain"
+    assert main([str(write_recipe(tmp_path / "plain.yml", raw)), "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def _card(result) -> dict:
+    return parse_front_matter((result.models[0].folder / "README.md").read_text())
+
+
+def test_a_run_without_hub_ids_is_published_with_ids_from_the_command_line(plain_run, capsys):
+    assert main(["publish", str(plain_run), "--repo-id", "org/x", "--final", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "the base model (--base-hub-id ID), expert 't0' (--expert-hub-id t0=ID)" in err
+    assert "--no-hub-ids" in err
+    ids = ["--expert-hub-id", "t0=org/e0", "--expert-hub-id", "t1=org/e1"]
+    ids += ["--expert-hub-id", "t2=org/e2", "--base-hub-id", "org/b"]
+    assert main(["publish", str(plain_run), "--repo-id", "org/x", "--final", "--dry-run", *ids]) == 0
+    card = parse_front_matter((plain_run / "publish" / "repos" / "final" / "README.md").read_text())
+    assert card["base_model"] == ["org/b", "org/e0", "org/e1", "org/e2"]
+    assert main(["publish", str(plain_run), "--repo-id", "org/x", "--final", "--dry-run",
+                 "--expert-hub-id", "t7=org/e7", "--no-hub-ids"]) == 1
+    assert "--expert-hub-id: no expert named 't7' in this run" in capsys.readouterr().err
+
+
+def test_no_hub_ids_writes_a_card_naming_the_models_locally(plain_run) -> None:
+    result = publish_run(
+        plain_run, "org/x", {"final": True}, dry_run=True, allow_missing_hub_ids=True,
+        expert_hub_ids={"t1": "org/e1"},
+    )
+    card = parse_front_matter((result.models[0].folder / "README.md").read_text())
+    assert card["base_model"] == ["org/e1"]  # only the id that is known
+    text = (result.models[0].folder / "README.md").read_text()
+    assert "Base model: base (a local model, not on the Hub)" in text
+    assert "- t0 (a local model, not on the Hub) — expert for **t0**" in text
+
+
+def test_hub_ids_declared_by_the_model_folders_are_used(tmp_path) -> None:
+    from mergekit_cycleqd.results.publish import _declared_hub_id
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text('{"_name_or_path": "meta-llama/Llama-3-8B"}')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text('{"_name_or_path": "/home/me/ckpt"}')
+    (tmp_path / "b" / "README.md").write_text("---\nmodel_id: org/db-expert\n---\n# db\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text("{}")
+    assert _declared_hub_id(str(tmp_path / "a")) == "meta-llama/Llama-3-8B"
+    assert _declared_hub_id(str(tmp_path / "b")) == "org/db-expert"
+    assert _declared_hub_id(str(tmp_path / "c")) is None
+
+
+def test_final_and_elite_get_their_own_default_repositories(plain_run) -> None:
+    with Ledger(plain_run / "ledger.sqlite") as ledger:
+        elite = next(r.id for r in ledger.children() if r.status == "ok" and r.role == "child")
+    kwargs = {"dry_run": True, "allow_missing_hub_ids": True, "org": "me"}
+    final = publish_run(plain_run, None, {"final": True}, **kwargs)
+    one = publish_run(plain_run, None, {"elite": elite}, **kwargs)
+    assert final.models[0].repo_id == "me/probe-final"
+    assert one.models[0].repo_id == f"me/probe-elite-{elite}"
+
+
+def test_hub_ids_added_to_the_recipe_resume_and_reach_the_card(tiny_family, tmp_path) -> None:
+    raw = probe_recipe(*tiny_family, generations=2)
+    run_dir = tmp_path / "run"
+    assert main([str(write_recipe(tmp_path / "r.yml", raw)), "--out", str(run_dir), "--no-final"]) == 0
+    raw["base_model"] = {"path": raw["base_model"], "hub_id": "org/base"}
+    for k, expert in enumerate(raw["experts"]):
+        expert["hub_id"] = f"org/e{k}"
+    again = write_recipe(tmp_path / "r2.yml", raw)
+    assert main([str(again), "--out", str(run_dir), "--resume", "--no-final"]) == 0
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        elite = next(r.id for r in ledger.children(role="child") if r.status == "ok")
+    result = publish_run(run_dir, "org/x", {"elite": elite}, dry_run=True)
+    card = parse_front_matter((result.models[0].folder / "README.md").read_text())
+    assert card["base_model"] == ["org/base", "org/e0", "org/e1", "org/e2"]

@@ -81,20 +81,60 @@ def test_not_a_mapping_and_bad_yaml() -> None:
         parse_recipe("a: [1, 2\n", "my.yml")
 
 
-def test_from_mergekit_config(tiny_family, tmp_path, raw) -> None:
-    base, experts = tiny_family
+def _mergekit_config(tmp_path, base, models) -> None:
     config = {
         "merge_method": "ties",
         "base_model": str(base),
-        "models": [{"model": str(e), "parameters": {"weight": 1.0}} for e in experts],
+        "models": [{"model": str(m), "parameters": {"weight": 1.0}} for m in models],
     }
     (tmp_path / "merge.yml").write_text(yaml.safe_dump(config))
+
+
+def test_from_mergekit_config_maps_experts_by_name_not_order(tiny_family, tmp_path) -> None:
+    base, experts = tiny_family
+    named = {}
+    for skill, expert in zip(["sort", "reverse", "double"], experts):
+        named[skill] = tmp_path / f"llama-{skill}-expert"
+        named[skill].symlink_to(expert)
+    # the config lists sort, reverse, double; the recipe's tasks are reverse, sort, double
+    _mergekit_config(tmp_path, base, [named["sort"], named["reverse"], named["double"]])
+    raw = probe_recipe(base, experts)
     raw.pop("base_model")
     raw.pop("experts")
+    for task, name in zip(raw["tasks"], ["reverse", "sort", "double"]):
+        task["name"] = name
     raw["from_mergekit_config"] = "merge.yml"
     recipe = load_recipe(write_recipe(tmp_path / "r.yml", raw))
     assert recipe.base_model.path == str(base)
-    assert [e.path for e in recipe.experts] == [str(e) for e in experts]
+    assert [(e.task, e.path) for e in recipe.experts] == [
+        ("reverse", str(named["reverse"])),
+        ("sort", str(named["sort"])),
+        ("double", str(named["double"])),
+    ]
+
+
+def test_from_mergekit_config_needs_a_mapping_when_names_do_not_tell(
+    tiny_family, tmp_path, raw
+) -> None:
+    base, experts = tiny_family
+    _mergekit_config(tmp_path, base, experts)  # expert0..2 name none of t0..t2
+    raw.pop("base_model")
+    raw.pop("experts")
+    raw["from_mergekit_config"] = "merge.yml"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path / "r.yml", raw))
+    message = str(info.value)
+    assert "r.yml: from_mergekit_config: cannot tell which model of" in message
+    assert f"{experts[1]}: TASK" in message
+    raw["from_mergekit_config"] = {
+        "path": "merge.yml",
+        "tasks": {str(experts[0]): "t2", str(experts[1]): "t0", str(experts[2]): "t1"},
+    }
+    recipe = load_recipe(write_recipe(tmp_path / "r.yml", raw))
+    assert [e.path for e in recipe.experts] == [str(experts[1]), str(experts[2]), str(experts[0])]
+    raw["from_mergekit_config"]["tasks"][str(experts[0])] = "t9"
+    with pytest.raises(RecipeError, match=r"from_mergekit_config.tasks.* not a task \(got 't9'\)"):
+        load_recipe(write_recipe(tmp_path / "r.yml", raw))
 
 
 def test_check_command(tiny_family, tmp_path, raw, capsys) -> None:
@@ -103,7 +143,7 @@ def test_check_command(tiny_family, tmp_path, raw, capsys) -> None:
     raw["base_model"] = str(tmp_path / "missing")
     assert main(["check", str(write_recipe(tmp_path / "bad.yml", raw))]) == 2
     assert (
-        f"base_model: model folder '{tmp_path / 'missing'}' does not exist"
+        f"bad.yml: base_model: model folder does not exist (got '{tmp_path / 'missing'}')"
         in capsys.readouterr().err
     )
     raw["search"]["sampling"] = {"alpha": 1}

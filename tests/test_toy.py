@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,24 +71,38 @@ def test_assets_layout_and_tasks(tmp_path):
         assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
 
 
+# Files are stamped with this modification time before each rebuild decision: a file that
+# still carries it afterwards was not rewritten, one that does not was. No clock race: the
+# stamp lies decades in the past, whatever the file system's timestamp resolution.
+OLD = 1_000_000_000_000_000_000  # 2001-09-09, in ns
+
+
+def _stamp_old(paths) -> None:
+    for path in paths:
+        os.utime(path, ns=(OLD, OLD))
+
+
 def test_cached_build_is_reused_and_rebuilt_only_when_needed(tmp_path):
     assets = build_toy_assets(tmp_path / "toy", config=TINY)
     stamp = (tmp_path / "toy" / "toy.json").read_text()
-    mtimes = {k: p.stat().st_mtime_ns for k, p in model_files(assets).items()}
+    files = model_files(assets)
+    _stamp_old(files.values())
 
     again = build_toy_assets(tmp_path / "toy", config=TINY)
     assert again == assets
-    assert {k: p.stat().st_mtime_ns for k, p in model_files(again).items()} == mtimes
+    assert {k: p.stat().st_mtime_ns for k, p in files.items()} == dict.fromkeys(files, OLD)
     assert (tmp_path / "toy" / "toy.json").read_text() == stamp
 
     (assets.experts["atbash"] / "config.json").unlink()  # a missing piece: rebuild
     build_toy_assets(tmp_path / "toy", config=TINY)
     assert (assets.experts["atbash"] / "config.json").is_file()
-    assert assets.base.joinpath("model.safetensors").stat().st_mtime_ns != mtimes["base"]
+    assert all(p.stat().st_mtime_ns != OLD for p in files.values())
 
+    _stamp_old(files.values())
     rebuilt = build_toy_assets(tmp_path / "toy", config=TINY, force=True)
     assert json.loads((tmp_path / "toy" / "toy.json").read_text())["config"]["base_steps"] == 12
     assert rebuilt == assets
+    assert all(p.stat().st_mtime_ns != OLD for p in files.values())
 
 
 def test_moved_folder_keeps_working(tmp_path):

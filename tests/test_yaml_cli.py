@@ -115,14 +115,37 @@ def test_genome_yaml_reproduces_weights_bit_for_bit(tiny_family, tmp_path, rank)
     _assert_identical(_load(folder), state_dict(breeder.weights(child)))
 
 
+def _gaussian_child_by_hand(base: Path, experts: list[Path], weights, seed: int, std: float):
+    """theta_b + sum_i w_i (theta_i - theta_b) / sum_i w_i + std * N(0, 1), the noise drawn
+    from torch's generator seeded with sha256(f"{seed}\\0{name}")[:8] (little-endian, top
+    bit cleared): the documented formulas, computed here from the model files."""
+    import hashlib
+
+    b, parents = _load(base), [_load(e) for e in experts]
+    expected = {}
+    for name, tensor in b.items():
+        acc = sum(((p[name] - tensor) * w for p, w in zip(parents, weights)), torch.zeros(()))
+        merged = tensor + acc / sum(weights)
+        digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        expected[name] = merged + torch.randn(tensor.shape, generator=generator) * std
+    return expected
+
+
 def test_weights_child_yaml_reproduces_weights(tiny_family, tmp_path):
     base, experts = tiny_family
-    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="gaussian"), tmp_path / "c")
+    breeder = Breeder(
+        base, experts, CrossoverSpec(), MutationSpec(kind="gaussian", gaussian_std=0.01), tmp_path / "c"
+    )
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 0, 3)
     folder = breeder.save(child, tmp_path / "elite")
     result = _run(main, breeder.mergekit_config(folder), tmp_path / "out", tmp_path)
     assert result.exit_code == 0, result.output
-    _assert_identical(_load(tmp_path / "out"), state_dict(breeder.weights(child)))
+    rebuilt = _load(tmp_path / "out")
+    expected = _gaussian_child_by_hand(base, experts[:2], [1.0, 1.02], seed=3, std=0.01)
+    assert set(rebuilt) == set(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(rebuilt[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 def test_genome_yaml_rejects_experts_in_the_wrong_order(tiny_family, tmp_path):
@@ -150,3 +173,23 @@ def test_genome_yaml_rebuilds_a_missing_svd_cache(tiny_family, tmp_path, rank):
     assert result.exit_code == 0, result.output
     assert list((tmp_path / "fresh-cache").glob("svd-*.safetensors"))
     _assert_identical(_load(tmp_path / "out"), expected)
+
+
+@pytest.mark.parametrize(
+    "method, where, key",
+    [("task_arithmetic", "parameters", "densty"), ("ties", "models[0].parameters", "weigth")],
+)
+def test_builtin_method_typos_are_refused_with_file_field_and_value(tiny_family, tmp_path, method, where, key):
+    base, experts = tiny_family
+    model = {"model": str(experts[0]), "parameters": {"weight": 1.0}}
+    config = {"merge_method": method, "base_model": str(base), "models": [model], "dtype": "float32"}
+    if where == "parameters":
+        config["parameters"] = {key: 0.5}
+    else:
+        model["parameters"] = {key: 1.0}
+    result = _run(main, config, tmp_path / "out", tmp_path)
+    assert result.exit_code != 0
+    assert f"{tmp_path / 'out.yml'}: {where}.{key}: unknown parameter {key!r} for merge method {method}" in (
+        result.output
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ RUN/report/            report.html, report.md and figures
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,15 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     return {prefix: data}
+
+
+def _without_hub_ids(recipe: dict) -> dict:
+    """Hub ids only credit models on cards: adding them later does not change the run."""
+    recipe = copy.deepcopy(recipe)
+    for model in [recipe.get("base_model"), *(recipe.get("experts") or [])]:
+        if isinstance(model, dict):
+            model.pop("hub_id", None)
+    return recipe
 
 
 class RunFolder:
@@ -78,6 +88,7 @@ class RunFolder:
         temporary.replace(self.recipe_path)
 
     def _check_same_run(self, stored: dict, new: dict) -> None:
+        stored, new = _without_hub_ids(stored), _without_hub_ids(new)
         old_flat, new_flat = _flatten(stored), _flatten(new)
         changed = [
             key

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from mergekit.merge_methods import BasePolicy, ParameterScope, get, merge_tensors
-from safetensors.torch import save_file
 
 from mergekit_cycleqd.errors import (
     GenomeError,
@@ -34,7 +33,7 @@ from mergekit_cycleqd.merge.modelset import ModelSet, SafetensorsModel
 from mergekit_cycleqd.merge.mutations import check_mutation, tensor_seed
 from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 from mergekit_cycleqd.merge.svd_cache import SVDCache
-from mergekit_cycleqd.merge.weights import WeightSource
+from mergekit_cycleqd.merge.weights import WeightSource, save_tensors
 
 _COPIED_FILES = (
     "config.json",
@@ -376,12 +375,12 @@ def _write_shards(tensors, out_dir: Path) -> None:
         size += nbytes
     metadata = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], str(out_dir / "model.safetensors"), metadata=metadata)
+        save_tensors(shards[0], str(out_dir / "model.safetensors"), metadata=metadata)
         return
     weight_map = {}
     for i, shard in enumerate(shards):
         file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out_dir / file_name), metadata=metadata)
+        save_tensors(shard, str(out_dir / file_name), metadata=metadata)
         weight_map.update(dict.fromkeys(shard, file_name))
     index = {"metadata": {}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

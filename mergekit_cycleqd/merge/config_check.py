@@ -1,12 +1,19 @@
-"""Strict checking of parameter names in YAML configs that use the plugin's methods.
+"""Strict checking of parameter names in mergekit configs: ``validate_config``.
 
 mergekit's planner silently ignores unknown parameter names, so a typo such as
-``mutation_rte: 0.2`` would merge with the default rate and nobody would notice.
-For ``cycleqd`` and ``cycleqd_genome`` configs we refuse them, naming the field.
+``mutation_rte: 0.2`` (or ``densty`` on ``task_arithmetic``) would merge with the
+default and nobody would notice. Every method whose parameters mergekit declares
+is checked, the plugin's and mergekit's own. ``mergekit-cycleqd-yaml`` and every
+config the project writes go through it; Python users who call
+``mergekit.merge.run_merge`` themselves should call it first::
+
+    from mergekit_cycleqd import validate_config
+    validate_config(config)   # a MergeConfiguration or the YAML's dict
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -48,15 +55,20 @@ def _parameter_blocks(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping,
         yield from slices(f"modules.{name}.slices", module.get("slices"))
 
 
-def check_config(config: Mapping[str, Any]) -> None:
-    """Raise UnknownParameterError / InvalidParameterError for a bad plugin config.
+def validate_config(config: Any) -> None:
+    """Raise UnknownParameterError / InvalidParameterError for a misspelt or misplaced parameter.
 
-    Configs for other merge methods pass untouched (mergekit's behaviour is kept).
+    ``config`` is a mergekit ``MergeConfiguration`` or the mapping read from its YAML.
+    Methods that declare no parameter list (or unknown method names, which mergekit
+    reports itself) pass untouched.
     """
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json", exclude_none=True)
     method_name = config.get("merge_method")
-    if method_name not in PLUGIN_METHODS:
+    try:
+        spec = get(method_name).spec
+    except Exception:  # unknown name or a method without a declared spec: mergekit decides
         return
-    spec = get(method_name).spec
     shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED}
     per_model = {p.name for p in spec.parameters if p.scope != ParameterScope.SHARED}
     for location, block, is_model in _parameter_blocks(config):
@@ -70,12 +82,26 @@ def check_config(config: Mapping[str, Any]) -> None:
                     f"{location}.{key}: {key!r} is a global parameter of {method_name}; "
                     "set it under the top-level parameters (mergekit would ignore it here)"
                 )
-            known = ", ".join(sorted(per_model if is_model else shared | per_model))
+            allowed = sorted(per_model if is_model else shared | per_model)
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UnknownParameterError(
                 f"{location}.{key}: unknown parameter {key!r} for merge method "
-                f"{method_name} (known: {known})"
+                f"{method_name} (known: {', '.join(allowed) or 'none'}){hint}"
             )
-    top = config.get("parameters") or {}
+    if method_name in PLUGIN_METHODS:
+        _check_plugin_values(method_name, config.get("parameters") or {})
+
+
+check_config = validate_config  # the name used before validate_config was public
+
+
+def _check_plugin_values(method_name: str, top: Mapping[str, Any]) -> None:
+    if method_name == "cycleqd_genome" and not top.get("genome"):
+        raise InvalidParameterError(
+            "parameters.genome: cycleqd_genome needs the genome file to rebuild "
+            f"(got {top.get('genome')!r}); e.g. genome: RUN/children/<id>.genome.safetensors"
+        )
     mutation = top.get("mutation", "none")
     if isinstance(mutation, str) and mutation not in MUTATION_KINDS:
         raise InvalidParameterError(

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from mergekit_cycleqd.errors import GenomeError
 from mergekit_cycleqd.merge.mutations import svd_coefficients
 from mergekit_cycleqd.merge.svd_cache import SVDFactors
+from mergekit_cycleqd.merge.weights import save_tensors
 
 GENOME_SUFFIX = ".genome.safetensors"
 _FORMAT = "cycleqd-genome/1"
@@ -125,7 +125,7 @@ class Genome:
             "rank": "full" if self.rank is None else str(self.rank),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=metadata)
+        save_tensors(tensors, str(path), metadata=metadata)
         return path
 
     @classmethod

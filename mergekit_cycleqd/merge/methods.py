@@ -213,8 +213,15 @@ def _local_folder(entry) -> Path | None:
     reference_url=PAPER_URL,
     contract=_CONTRACT,
 )
-def cycleqd_genome_merge(group: TensorGroup, genome: str, svd_cache: str = "") -> torch.Tensor:
+def cycleqd_genome_merge(group: TensorGroup, genome: str = "", svd_cache: str = "") -> torch.Tensor:
+    """Without ``genome`` the result is the base (the empty genome: every coefficient 0).
+
+    That keeps mergekit's generic contract (any registered method merges with default
+    parameters); configs that forget the genome are refused by ``validate_config``.
+    """
     name = group.metadata.name or ""
+    if not genome:
+        return group.base.tensor.clone()
     loaded: Genome = _GENOMES.get(genome)
     _verify_experts(group, loaded, genome, svd_cache)
     base = group.base.tensor

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mergekit_cycleqd.errors import GenomeError, MissingTensorError
 from mergekit_cycleqd.merge.modelset import ModelSet, SafetensorsModel
 from mergekit_cycleqd.merge.mutations import is_svd_target, tensor_generator
+from mergekit_cycleqd.merge.weights import save_tensors
 
 FORMAT_VERSION = "1"
 _HASH_BLOCK = 16 * 1024 * 1024
@@ -209,7 +210,7 @@ class SVDCache:
         }
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
         os.close(fd)
-        save_file(out, tmp, metadata=metadata)
+        save_tensors(out, tmp, metadata=metadata)
         os.replace(tmp, path)
 
     def clear_memory(self) -> None:

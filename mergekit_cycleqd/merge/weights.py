@@ -6,8 +6,10 @@ need to know which kind of child they were handed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -62,3 +64,29 @@ def copy_named_tensors_into(
                     f"resident model has {tuple(target.shape)}"
                 )
             target.copy_(tensor)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by a set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, **kwargs: Any) -> None:
+    """``safetensors.torch.save_file``, with the file mode any other output gets.
+
+    safetensors creates its files with mode 0600; a model folder should be as readable
+    as the config.json beside it (0644 under the usual umask 022).
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), **kwargs)
+    os.chmod(path, 0o666 & ~_umask())

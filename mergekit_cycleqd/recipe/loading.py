@@ -5,19 +5,49 @@ problem found at once rather than the first."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mergekit_cycleqd.errors import RecipeError
-from mergekit_cycleqd.recipe.schema import ExpertSpec, ModelSpec, Recipe
+from mergekit_cycleqd.recipe.schema import ExpertSpec, MergekitSource, ModelSpec, Recipe
 
 
-def _format_error(source: str, error: dict[str, Any]) -> str:
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as it appears in an error: whole sections are cut, never dumped."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at ``loc`` inside ``model`` (for suggesting a near one)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        nested = _model_in(info.annotation) if info is not None else None
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_error(source: str, error: dict[str, Any], model: type[BaseModel] = Recipe) -> str:
     location = ""
     for part in error["loc"]:
         location += (
@@ -26,18 +56,25 @@ def _format_error(source: str, error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     where = f"{source}: {location}: " if location else f"{source}: "
     if error["type"] == "extra_forbidden":
-        return f"{where}unknown field (got {error['input']!r})"
+        key = str(error["loc"][-1])
+        close = difflib.get_close_matches(key, _fields_at(model, error["loc"][:-1]), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{where}unknown field (got {_short(error['input'])}){hint}"
     if error["type"] == "missing":
         return f"{where}required field is missing"
-    return f"{where}{message} (got {error['input']!r})"
+    if not error["loc"]:  # a whole-recipe rule: the message says what is wrong
+        return f"{where}{message}"
+    return f"{where}{message} (got {_short(error['input'])})"
 
-def format_validation_error(source: str, error: ValidationError, prefix: str = "") -> str:
+def format_validation_error(
+    source: str, error: ValidationError, prefix: str = "", *, model: type[BaseModel] = Recipe
+) -> str:
     lines = []
     for item in error.errors():
         item = dict(item)
         if prefix:
             item["loc"] = tuple(prefix.split(".")) + tuple(item["loc"])
-        lines.append(_format_error(source, item))
+        lines.append(_format_error(source, item, model))
     return "\n".join(lines)
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|env:[A-Za-z_][A-Za-z0-9_]*)\}")
@@ -104,11 +141,16 @@ def parse_recipe(
     except ValidationError as error:
         raise RecipeError(format_validation_error(source, error)) from None
     if recipe.from_mergekit_config:
-        config_path = Path(recipe.from_mergekit_config)
+        seeds = recipe.from_mergekit_config
+        if isinstance(seeds, str):
+            seeds = MergekitSource(path=seeds)
+        config_path = Path(seeds.path)
         if not config_path.is_absolute() and recipe_dir is not None:
             beside = recipe_dir / config_path
             config_path = beside if beside.exists() else config_path
-        recipe.base_model, recipe.experts = experts_from_mergekit_config(config_path)
+        recipe.base_model, recipe.experts = experts_from_mergekit_config(
+            config_path, tasks=recipe.task_names, mapping=seeds.tasks, source=source
+        )
         try:
             recipe._map_experts_to_tasks()
         except ValueError as error:
@@ -141,7 +183,7 @@ def _validate_evaluator_options(recipe: Recipe, source: str) -> None:
             try:
                 cls.Options.model_validate(task.split_options(split))
             except ValidationError as error:
-                lines = format_validation_error(source, error).splitlines()
+                lines = format_validation_error(source, error, model=cls.Options).splitlines()
                 problems += [
                     line.replace(
                         f"{source}: ", f"{source}: {group}[{index}].options/{field_name}.", 1
@@ -187,12 +229,24 @@ def load_recipe(path: str | Path, variables: dict[str, str] | None = None) -> Re
         raise RecipeError(f"{path}: recipe file not found")
     return parse_recipe(path.read_text(encoding="utf-8"), str(path), path.parent, variables)
 
-def experts_from_mergekit_config(path: Path) -> tuple[ModelSpec, list[ExpertSpec]]:
-    """Base and experts of an existing mergekit YAML (its base_model and other models)."""
+def experts_from_mergekit_config(
+    path: Path,
+    *,
+    tasks: list[str] | None = None,
+    mapping: dict[str, str] | None = None,
+    source: str = "<recipe>",
+) -> tuple[ModelSpec, list[ExpertSpec]]:
+    """Base and experts of an existing mergekit YAML (its base_model and other models).
+
+    Each model is assigned to a task by ``mapping`` (model as written in the config ->
+    task), else by name: the task whose name appears in the model's folder name. List
+    order is never used: a config listing sort, reverse, double must not make the
+    reverse expert the sort model. Without ``tasks`` the experts stay unassigned.
+    """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
-        raise RecipeError(f"from_mergekit_config: cannot read {path}: {error}") from None
+        raise RecipeError(f"{source}: from_mergekit_config: cannot read {path}: {error}") from None
     base = raw.get("base_model") if isinstance(raw, dict) else None
     if not base:
         raise RecipeError(f"{path}: base_model: a mergekit config used as seeds needs a base_model")
@@ -206,4 +260,38 @@ def experts_from_mergekit_config(path: Path) -> tuple[ModelSpec, list[ExpertSpec
             models.append(name)
     if not models:
         raise RecipeError(f"{path}: models: no expert models besides the base")
-    return ModelSpec(path=base), [ExpertSpec(path=m) for m in models]
+    if tasks is None:
+        return ModelSpec(path=base), [ExpertSpec(path=m) for m in models]
+    mapping = mapping or {}
+    for model, task in mapping.items():
+        if model not in models:
+            raise RecipeError(
+                f"{source}: from_mergekit_config.tasks: {model!r} is not a model of {path} "
+                f"(got {model!r}); its models: {', '.join(models)}"
+            )
+        if task not in tasks:
+            raise RecipeError(
+                f"{source}: from_mergekit_config.tasks.{model}: not a task (got {task!r}); "
+                f"tasks: {', '.join(tasks)}"
+            )
+    assigned = {m: mapping.get(m) or _task_in_name(m, tasks) for m in models}
+    chosen = [t for t in assigned.values() if t]
+    if None in assigned.values() or len(set(chosen)) != len(chosen):
+        example = "".join(f"\n      {m}: {assigned[m] or 'TASK'}" for m in models)
+        raise RecipeError(
+            f"{source}: from_mergekit_config: cannot tell which model of {path} is the expert "
+            f"of which task by their names (tasks: {', '.join(tasks)}; matched: {assigned}); "
+            f"map them explicitly:\n  from_mergekit_config:\n    path: {path}\n    tasks:"
+            + example
+        )
+    experts = [ExpertSpec(path=m, task=assigned[m], name=assigned[m]) for m in models]
+    return ModelSpec(path=base), experts
+
+
+def _task_in_name(model: str, tasks: list[str]) -> str | None:
+    """The one task whose name is a word of the model's last path part, else None."""
+    name = Path(model).name.lower()
+    found = [
+        t for t in tasks if re.search(rf"(?<![a-z0-9]){re.escape(t.lower())}(?![a-z0-9])", name)
+    ]
+    return found[0] if len(found) == 1 else None

@@ -130,12 +130,23 @@ class AssetsConfig(_Strict):
     quick: bool = Field(False, description="smaller/faster assets (tests)")
 
 
+class MergekitSource(_Strict):
+    """An existing mergekit config whose base and models become the recipe's experts."""
+
+    path: str
+    tasks: dict[str, str] = Field(
+        default_factory=dict,
+        description="model as written in the config -> task it is the expert of; "
+        "needed when the model names do not name the tasks",
+    )
+
+
 class Recipe(_Strict):
     name: str = "cycleqd"
     assets: AssetsConfig | None = None
     base_model: ModelSpec | None = None
     experts: list[ExpertSpec] = Field(default_factory=list)
-    from_mergekit_config: str | None = None
+    from_mergekit_config: str | MergekitSource | None = None
     tasks: list[TaskSpec]
     backend: BackendConfig = Field(default_factory=BackendConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)

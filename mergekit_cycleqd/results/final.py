@@ -24,6 +24,7 @@ import yaml
 from mergekit_cycleqd.evaluate.base import build_evaluator
 from mergekit_cycleqd.filing.archive import Archive, archives_from_ledger
 from mergekit_cycleqd.filing.ledger import ChildRecord, ScoreRow
+from mergekit_cycleqd.search.progress import StepProgress
 from mergekit_cycleqd.search.worker import (
     build_split_evaluators,
     make_backend,
@@ -167,13 +168,18 @@ def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
 
     if out_dir.exists() and (out_dir / "config.json").exists():
         return out_dir
+    from mergekit_cycleqd.merge.config_check import validate_config
+
+    validate_config(config)
     text = yaml.safe_dump(config, sort_keys=False)
     # Vision models have no tokenizer; mergekit's default copy would fail on them.
     tokenizer = any((Path(config["base_model"]) / n).exists() for n in TOKENIZER_FILES)
     run_merge(
         MergeConfiguration.model_validate(copy.deepcopy(config)),
         str(out_dir),
-        options=MergeOptions(copy_tokenizer=tokenizer, write_model_card=False, lazy_unpickle=True),
+        options=MergeOptions(
+            copy_tokenizer=tokenizer, write_model_card=False, lazy_unpickle=True, quiet=True
+        ),  # the final step shows its own progress
         config_source=text,
     )
     (out_dir / "mergekit_config.yml").write_text(text, encoding="utf-8")
@@ -191,18 +197,22 @@ def finish_run(run) -> Results:
         t.name: build_evaluator(t.evaluator, t.split_options("test"))
         for t in recipe.final.generalisation
     }
+    progress = StepProgress("final", 2 + len(recipe.final.baselines))
     try:
         rows: list[tuple[str, str, ChildRecord]] = []
         seeds = {r.name: r for r in run.ledger.children(role="seed")}
+        progress.step("base model")
         base_record = _ensure_model(
             run, breeder, "base", "baseline", lambda: breeder.base(), "children/base"
         )
+        progress.done()
         rows.append(("base", "base", base_record))
         for expert in recipe.experts:
             record = seeds.get(f"seed:{expert.name}")
             if record is not None:
                 rows.append((f"expert: {expert.name}", "expert", record))
         for method in recipe.final.baselines:
+            progress.step(f"{method} baseline (mergekit)")
             out = folder.final_dir / "baselines" / method
             record = _ensure_model(
                 run,
@@ -216,10 +226,12 @@ def finish_run(run) -> Results:
                 model_path=str(out.relative_to(folder.root)),
             )
             rows.append((f"{method} (mergekit)", "baseline", record))
+            progress.done()
         archives = archives_from_ledger(run.ledger)
         best = best_mean_elite(run, archives)
         if best is not None:
             rows.append((f"best-mean elite ({best.id})", "elite", best))
+        progress.step("CycleQD final model")
         parents, betas = aggregation_parents(run, archives, recipe.final.temperature)
         if parents:
             final = _ensure_model(
@@ -240,8 +252,13 @@ def finish_run(run) -> Results:
                 out = folder.final_dir / "aggregated"
                 if not (out / "config.json").exists():
                     breeder.materialize(breeder.load(folder.root / final.model_path), out)
-        results = _score_rows(run, breeder, backend, rows, test_evaluators, general_evaluators)
+        progress.done()
+        progress.add(len(rows))
+        results = _score_rows(
+            run, breeder, backend, rows, test_evaluators, general_evaluators, progress=progress
+        )
     finally:
+        progress.close()
         for evaluator in [*test_evaluators.values(), *general_evaluators.values()]:
             evaluator.close()
         backend.close()
@@ -297,12 +314,16 @@ def _score_rows(
     rows: list[tuple[str, str, ChildRecord]],
     test_evaluators: dict[str, Any],
     general_evaluators: dict[str, Any],
+    *,
+    progress: StepProgress | None = None,
 ) -> Results:
     """Score every row on the test split once (scores already in the ledger are reused)."""
     tasks = run.tasks
     scored: list[ResultRow] = []
     general: list[ResultRow] = []
     for label, kind, record in rows:
+        if progress is not None:
+            progress.step(f"scoring {label}")
         needs_test = [t for t in test_evaluators if t not in record.test_scores]
         needs_general = [t for t in general_evaluators if f"general:{t}" not in record.test_scores]
         if needs_test or needs_general:
@@ -342,6 +363,8 @@ def _score_rows(
                     {t: record.test_scores[f"general:{t}"] for t in general_evaluators},
                 )
             )
+        if progress is not None:
+            progress.done()
     if general:
         base_scores = general[0].scores
         for row in general:

@@ -30,7 +30,7 @@ class ExpertRef:
 
     name: str
     task: str
-    hub_id: str
+    hub_id: str | None  # None: published with --no-hub-ids, named only locally
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CardInfo:
     ``mergekit_yaml`` the config that rebuilds it with ``mergekit-cycleqd-yaml``.
     """
 
-    base_model: str
+    base_model: str | None  # None: published with --no-hub-ids
     experts: list[ExpertRef]
     tasks: list[str]
     scores: dict[str, dict[str, float]]
@@ -80,12 +80,10 @@ def _front_matter(info: CardInfo, model_name: str) -> dict:
                     ],
                 }
             )
-    meta: dict = {
-        "base_model": [info.base_model, *(e.hub_id for e in info.experts)],
-        "base_model_relation": "merge",
-        "library_name": "transformers",
-        "tags": list(dict.fromkeys(tags)),
-    }
+    hub_ids = [i for i in [info.base_model, *(e.hub_id for e in info.experts)] if i]
+    meta: dict = {"base_model": hub_ids, "base_model_relation": "merge"} if hub_ids else {}
+    meta["library_name"] = "transformers"
+    meta["tags"] = list(dict.fromkeys(tags))
     if info.license:
         meta["license"] = info.license
     if results:
@@ -128,13 +126,16 @@ def _scores_table(info: CardInfo) -> str:
     return "\n".join(lines)
 
 
+def _link(hub_id: str | None, local_name: str) -> str:
+    if hub_id is None:
+        return f"{local_name} (a local model, not on the Hub)"
+    return f"[{hub_id}](https://huggingface.co/{hub_id})"
+
+
 def render_card(info: CardInfo, model_name: str) -> str:
     """The complete README.md text (front matter + body) for one model."""
     meta = yaml.safe_dump(_front_matter(info, model_name), sort_keys=False, allow_unicode=True)
-    experts = "\n".join(
-        f"- [{e.hub_id}](https://huggingface.co/{e.hub_id}) — expert for **{e.task}**"
-        for e in info.experts
-    )
+    experts = "\n".join(f"- {_link(e.hub_id, e.name)} — expert for **{e.task}**" for e in info.experts)
     parts = [
         f"---\n{meta}---",
         f"# {model_name}",
@@ -144,7 +145,7 @@ def render_card(info: CardInfo, model_name: str) -> str:
         "mutated along the experts' singular directions) with "
         "[mergekit](https://github.com/arcee-ai/mergekit) and the mergekit-cycleqd plugin.",
         "## How it was made",
-        f"Base model: [{info.base_model}](https://huggingface.co/{info.base_model})\n\n"
+        f"Base model: {_link(info.base_model, 'base')}\n\n"
         f"Experts:\n\n{experts}",
         "## Lineage",
         _provenance(info),

@@ -129,25 +129,93 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
     return [_Pick(f"elite-{e.child_id}", e.child_id, ledger.child(e.child_id)) for e in elites[:top]]
 
 
-def _hub_ids(meta: Mapping[str, Any]) -> tuple[str, list[ExpertRef], dict[str, str]]:
-    """Base and expert Hub ids, and a map local path -> Hub id for rewriting configs."""
+def _hub_ids(
+    meta: Mapping[str, Any],
+    *,
+    base_hub_id: str | None = None,
+    expert_hub_ids: Mapping[str, str] | None = None,
+    allow_missing: bool = False,
+) -> tuple[str | None, list[ExpertRef], dict[str, str]]:
+    """Base and expert Hub ids, and a map local path -> Hub id for rewriting configs.
+
+    Each id comes from, in order: the command line (``base_hub_id``, ``expert_hub_ids``
+    by expert name), the recipe's ``hub_id``, or the model folder's own metadata
+    (``config.json`` ``_name_or_path`` or a ``model_id`` in its README front matter).
+    """
     models = meta.get("models") or {}
-    base = models.get("base") or {}
-    missing = [] if base.get("hub_id") else ["the base model"]
-    experts = []
+    base = dict(models.get("base") or {})
+    base["hub_id"] = base_hub_id or base.get("hub_id") or _declared_hub_id(base.get("path"))
+    given = dict(expert_hub_ids or {})
+    entries = []
     for expert in models.get("experts", []):
-        if not expert.get("hub_id"):
-            missing.append(f"expert {expert.get('name')!r}")
-        else:
-            experts.append(ExpertRef(expert["name"], expert.get("task", ""), expert["hub_id"]))
-    if missing:
-        raise PublishError(
-            f"{', '.join(missing)} of this run has no Hugging Face Hub id, but a published "
-            "merge must credit its base models by Hub id: give `hub_id` to each model in the "
-            "recipe (or use Hub ids as model paths)"
+        expert = dict(expert)
+        expert["hub_id"] = (
+            given.pop(expert.get("name"), None)
+            or expert.get("hub_id")
+            or _declared_hub_id(expert.get("path"))
         )
-    paths = {str(m["path"]): m["hub_id"] for m in [base, *models.get("experts", [])] if m.get("path")}
+        entries.append(expert)
+    if given:
+        names = ", ".join(repr(e.get("name")) for e in entries)
+        raise PublishError(
+            f"--expert-hub-id: no expert named {', '.join(map(repr, given))} in this run "
+            f"(got {dict(given)}); its experts: {names}"
+        )
+    missing = [] if base["hub_id"] else ["the base model (--base-hub-id ID)"]
+    missing += [
+        f"expert {e.get('name')!r} (--expert-hub-id {e.get('name')}=ID)"
+        for e in entries
+        if not e["hub_id"]
+    ]
+    if missing and not allow_missing:
+        raise PublishError(
+            f"{', '.join(missing)} of this run has no Hugging Face Hub id, and a published "
+            "merge credits its base models by Hub id: give them on the command line as shown, "
+            "or publish with --no-hub-ids to write a card that names them only locally"
+        )
+    experts = [ExpertRef(e["name"], e.get("task", ""), e["hub_id"]) for e in entries]
+    paths = {str(m["path"]): m["hub_id"] for m in [base, *entries] if m.get("path") and m["hub_id"]}
     return base["hub_id"], experts, paths
+
+
+def _declared_hub_id(folder: str | None) -> str | None:
+    """A Hub id the model folder declares about itself, if any (no network)."""
+    if not folder:
+        return None
+    import json
+    import re
+
+    folder_path = Path(folder)
+    hub_id = re.compile(r"^[\w.-]+/[\w.-]+$")
+    try:
+        name = json.loads((folder_path / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError):
+        name = None
+    if isinstance(name, str) and hub_id.match(name) and not Path(name).exists():
+        return name
+    readme = folder_path / "README.md"
+    if readme.is_file():
+        from mergekit_cycleqd.results.model_card import parse_front_matter
+
+        try:
+            declared = parse_front_matter(readme.read_text(encoding="utf-8")).get("model_id")
+        except Exception:  # a card without front matter says nothing about its id
+            declared = None
+        if isinstance(declared, str) and hub_id.match(declared):
+            return declared
+    return None
+
+
+def default_repo_id(run_dir: Path, org: str, pick_name: str) -> str:
+    """``ORG/<run name>-<model name>``: --final and each --elite get a repository of their own."""
+    import yaml
+
+    from mergekit_cycleqd.filing.ledger import Ledger
+
+    with Ledger(Path(run_dir) / "ledger.sqlite") as ledger:
+        recipe = yaml.safe_load(ledger.meta().get("recipe") or "{}") or {}
+    run_name = recipe.get("name") if isinstance(recipe, dict) else None
+    return f"{org}/{run_name or Path(run_dir).name}-{pick_name}"
 
 
 def _card_config(config_path: Path, paths: Mapping[str, str]) -> tuple[str | None, Path | None]:
@@ -190,7 +258,7 @@ def _materialize(run_dir: Path, child_id: int | str, out_dir: Path) -> Path:
 
 def publish_run(
     run_dir: Path,
-    repo_id: str,
+    repo_id: str | None,
     selection: Mapping[str, Any],
     *,
     private: bool = False,
@@ -198,13 +266,18 @@ def publish_run(
     endpoint: str | None = None,
     token: str | None = None,
     staging_dir: Path | None = None,
+    base_hub_id: str | None = None,
+    expert_hub_ids: Mapping[str, str] | None = None,
+    allow_missing_hub_ids: bool = False,
+    org: str | None = None,
 ) -> PublishResult:
     """Pick models from a run, materialise them, write their cards and publish them.
 
     ``selection`` is ``{"final": True}``, ``{"elite": CHILD_ID}`` or
     ``{"archive": TASK, "top": K}`` (the K best elites of TASK's archive). Folders
     are staged under ``staging_dir`` (default ``RUN/publish/``), which a dry run
-    leaves for inspection.
+    leaves for inspection. Hub ids of the base and experts: see ``_hub_ids``. Without
+    ``repo_id``, each model goes to ``ORG/<run name>-<model name>`` (``org``).
     """
     from mergekit_cycleqd.filing.archive import archives_from_ledger
     from mergekit_cycleqd.filing.ledger import Ledger
@@ -218,7 +291,17 @@ def publish_run(
         meta = ledger.meta()
         archives = archives_from_ledger(ledger)
         picks = _pick_models(ledger, archives, selection)
-    base, experts, paths = _hub_ids(meta)
+    base, experts, paths = _hub_ids(
+        meta,
+        base_hub_id=base_hub_id,
+        expert_hub_ids=expert_hub_ids,
+        allow_missing=allow_missing_hub_ids,
+    )
+    if not repo_id:
+        if not org:
+            raise PublishError("give --repo-id ORG/NAME, or --org ORG for ORG/<run>-<model> names")
+        repo_id = default_repo_id(run_dir, org, picks[0].name) if len(picks) == 1 else ""
+        repo_id = repo_id or default_repo_id(run_dir, org, "").rstrip("-")
     tasks = list(meta["tasks"])
     items = []
     for pick in picks:

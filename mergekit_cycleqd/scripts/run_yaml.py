@@ -3,7 +3,8 @@
 Plain ``mergekit-yaml`` never imports the plugin, so it cannot resolve the
 ``cycleqd`` method names. This command has exactly mergekit-yaml's arguments and
 options and runs mergekit's own implementation; it only adds the plugin's methods
-and a strict check of parameter names in ``cycleqd`` configs before merging.
+and a strict check of parameter names (``validate_config``, every method whose
+parameters mergekit declares) before merging.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mergekit.scripts import run_yaml as mergekit_run_yaml
 
 import mergekit_cycleqd  # noqa: F401  (registers the merge methods)
 from mergekit_cycleqd.errors import CycleQDError
-from mergekit_cycleqd.merge.config_check import check_config
+from mergekit_cycleqd.merge.config_check import validate_config
 
 
 def _run(**kwargs: Any) -> None:
@@ -26,7 +27,7 @@ def _run(**kwargs: Any) -> None:
         data = yaml.safe_load(handle)
     if isinstance(data, dict):
         try:
-            check_config(data)
+            validate_config(data)
         except CycleQDError as error:
             raise click.ClickException(f"{kwargs['config_file']}: {error}") from None
     mergekit_run_yaml.main.callback(**kwargs)

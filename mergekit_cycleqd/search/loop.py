@@ -32,7 +32,7 @@ from mergekit_cycleqd.recipe import Recipe, RecipeError
 from mergekit_cycleqd.recipe.models import hub_id, resolve_models
 from mergekit_cycleqd.search.executor import Executor, InProcessExecutor, RayExecutor
 from mergekit_cycleqd.search.jobs import Job, JobResult
-from mergekit_cycleqd.search.progress import RunProgress
+from mergekit_cycleqd.search.progress import RunProgress, StepProgress
 from mergekit_cycleqd.search.sampling import sample_parents
 from mergekit_cycleqd.search.worker import Worker
 
@@ -180,10 +180,13 @@ class CycleQD:
                     model_stem="children/seed-base",
                     expert_index=None,
                 ))
-        for job in jobs:
-            if job.name not in done:
+        todo = [job for job in jobs if job.name not in done]
+        with StepProgress("seeds", len(todo)) as progress:
+            for job in todo:
+                progress.step(f"scoring {job.name.removeprefix('seed:')}")
                 self.executor.submit(job)
                 self.tell(self.executor.next_result())
+                progress.done()
         seeds = self.ledger.children(role="seed", status=None)
         if not any(s.ok for s in seeds):
             errors = "; ".join(f"{s.name}: {s.error}" for s in seeds)
@@ -314,12 +317,6 @@ class CycleQD:
 
     def close(self) -> None:
         self.ledger.close()
-
-
-def check_models(recipe: Recipe) -> None:
-    """Resolve base and experts now so a bad path fails before any work."""
-    if recipe.assets is None:
-        resolve_models(recipe)
 
 
 __all__ = ["CycleQD", "RunError", "RunSummary", "RecipeError", "active_task"]
