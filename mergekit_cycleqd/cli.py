@@ -137,8 +137,10 @@ def cmd_check(argv: list[str]) -> int:
     _add_var_option(parser)
     args = parser.parse_args(argv)
     recipe = _load(args.recipe, args.var)
+    from mergekit_cycleqd.recipe.datasets import dataset_needs, describe
     from mergekit_cycleqd.search.loop import check_models
 
+    print(describe(dataset_needs(recipe)))
     check_models(recipe)
     print(
         f"{args.recipe}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "
