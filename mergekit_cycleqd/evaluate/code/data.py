@@ -44,10 +44,16 @@ class Problem:
     base_inputs: list[Any] = field(default_factory=list)
     plus_inputs: list[Any] = field(default_factory=list)
     atol: float = 0.0
+    prompt: str = ""
 
     @property
     def is_plus(self) -> bool:
         return isinstance(self.task_id, str)
+
+    @property
+    def is_humaneval(self) -> bool:
+        """HumanEval+ prompts are a function stub to complete, not a task text and a test."""
+        return self.is_plus and str(self.task_id).startswith("HumanEval/")
 
 
 def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -116,6 +122,7 @@ def _plus_problem(path: Path, line: int, row: dict[str, Any]) -> Problem:
         base_inputs=_deserialize(task_id, row["base_input"]),
         plus_inputs=_deserialize(task_id, row.get("plus_input") or []),
         atol=float(row.get("atol") or 0.0),
+        prompt=row["prompt"],
     )
 
 

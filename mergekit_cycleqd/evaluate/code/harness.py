@@ -47,7 +47,8 @@ def _emit(payload):
 
 
 def _reason(error):
-    return "%s: %s" % (type(error).__name__, str(error)[:300])
+    text = str(error)[:300]
+    return type(error).__name__ + (": " + text if text else "")
 
 
 try:

@@ -63,6 +63,11 @@ def output_matches(problem: Problem, inputs: Any, out: Any, exp: Any) -> bool:
             exact = _set_equal(out, exp)
         elif entry in oracles.MBPP_OUTPUT_NOT_NONE_TASKS:
             exact = out == exp if type(out) is bool else exp == (out is not None)
+    if entry == "find_zero" and str(problem.task_id).startswith("HumanEval/"):
+        try:
+            return abs(_oracles()._poly(*inputs, out)) <= problem.atol
+        except (TypeError, ValueError, OverflowError):
+            return False
     atol = problem.atol
     if atol == 0 and _is_floats(exp):
         atol = 1e-6

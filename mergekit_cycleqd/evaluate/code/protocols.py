@@ -34,6 +34,11 @@ INSTRUCTION = (
     "Answer with the complete Python code (imports included) in one ```python code block."
 )
 
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function.\n\n```python\n{prompt}\n```\n\n"
+    "Answer with the complete Python code (imports included) in one ```python code block."
+)
+
 CYCLEQD_SYSTEM = (
     "You are an exceptionally intelligent coding assistant that consistently delivers "
     "accurate and reliable responses to user instructions."
@@ -41,6 +46,7 @@ CYCLEQD_SYSTEM = (
 CYCLEQD_INSTRUCTION = (
     "{text} Your code should satisfy the following assertion:\n```python\n{test}\n```"
 )
+CYCLEQD_HUMANEVAL = "Write a solution to the following problem:\n```python\n{prompt}\n```"
 CYCLEQD_PREFILL = "```python"
 CYCLEQD_STOP = ("Instruction:", "Instruction", "Response:", "Response")
 
@@ -71,7 +77,10 @@ class Protocol:
 
 def default_prompt(problem: Problem, *, system_prompt: str | None = None) -> list[Message]:
     """The chat conversation for one problem (the backend applies the chat template)."""
-    user = INSTRUCTION.format(text=problem.text, test=problem.first_test)
+    if problem.is_humaneval:
+        user = HUMANEVAL_INSTRUCTION.format(prompt=problem.prompt.strip())
+    else:
+        user = INSTRUCTION.format(text=problem.text, test=problem.first_test)
     messages: list[Message] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -107,6 +116,8 @@ def cycleqd_code(completion: str, problem: Problem) -> str:
     """The completion up to its first closing fence, sanitised by evalplus."""
     index = completion.find("```")
     body = completion if index == -1 else completion[:index]
+    if problem.is_humaneval:
+        body = problem.prompt.strip() + "\n" + body
     try:
         from evalplus.sanitize import sanitize
     except ImportError as error:
