@@ -121,7 +121,7 @@ PLUS_PROBLEMS = [
     },
 ]
 
-# Right on the base inputs, wrong on two plus inputs (1 is not prime, and 4 is not prime).
+# Right on the base inputs, wrong on three plus inputs (1, 4 and 49 are not prime).
 NOT_PRIME_BASE_ONLY = "def is_not_prime(n):\n    return n in (10, 35)\n"
 
 

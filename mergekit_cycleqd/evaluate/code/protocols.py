@@ -89,13 +89,21 @@ def default_prompt(problem: Problem, *, system_prompt: str | None = None) -> lis
 
 
 def cycleqd_prompt(problem: Problem, *, system_prompt: str | None = None) -> str:
-    """The reference code's raw prompt, ending in the prefilled opening fence."""
-    text = problem.text if problem.text.endswith(".") else problem.text + "."
-    instruction = CYCLEQD_INSTRUCTION.format(text=text, test=problem.first_test)
+    """The reference code's raw prompt, ending in the prefilled opening fence.
+
+    HumanEval+ (the reference code's mapping): the stub is the instruction and is also
+    prefilled after the fence, so the model continues the function body.
+    """
+    if problem.is_humaneval:
+        stub = problem.prompt.strip()
+        instruction = CYCLEQD_HUMANEVAL.format(prompt=stub)
+        prefill = f"{CYCLEQD_PREFILL}\n{stub}"
+    else:
+        text = problem.text if problem.text.endswith(".") else problem.text + "."
+        instruction = CYCLEQD_INSTRUCTION.format(text=text, test=problem.first_test)
+        prefill = CYCLEQD_PREFILL
     system = (system_prompt or CYCLEQD_SYSTEM).strip()
-    return (
-        f"{system}\n\n@@ Instruction:\n{instruction.strip()}\n\n@@ Response:\n{CYCLEQD_PREFILL}\n"
-    )
+    return f"{system}\n\n@@ Instruction:\n{instruction.strip()}\n\n@@ Response:\n{prefill}\n"
 
 
 def extract_code(reply: str) -> str:
