@@ -8,12 +8,15 @@ Sources are known by evaluator option (``mbpp.path``, ``dbbench.path``,
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_cycleqd.recipe.schema import Recipe, TaskSpec
 
-MBPP_URL = "https://raw.githubusercontent.com/google-research/google-research/master/mbpp/mbpp.jsonl"
+MBPP_URL = (
+    "https://raw.githubusercontent.com/google-research/google-research/master/mbpp/mbpp.jsonl"
+)
 EVALPLUS_RELEASES = {
     "mbppplus": ("MBPP+", "https://github.com/evalplus/mbppplus_release/releases/download"),
     "humanevalplus": (
@@ -67,17 +70,22 @@ def _splits(group: str, task: TaskSpec) -> list[str]:
     return ["opt"] + (["test"] if task.test is not None else [])
 
 
+def _path(value: str) -> Path:
+    """Absolute, with ``..`` folded, so each location is listed once and reads plainly."""
+    return Path(os.path.normpath(os.path.abspath(os.path.expanduser(str(value)))))
+
+
 def _needs_of(kind: str, options: dict, used_by: str) -> list[DatasetNeed]:
     if kind == "mbpp" and "path" in options:
-        return [_code_file(Path(options["path"]), used_by)]
+        return [_code_file(_path(options["path"]), used_by)]
     if kind == "dbbench" and "path" in options:
-        return [_agentbench(Path(options["path"]), "AgentBench DBBench tasks", used_by)]
+        return [_agentbench(_path(options["path"]), "AgentBench DBBench tasks", used_by)]
     if kind == "os_interaction":
         found = []
         if "data" in options:
-            found.append(_agentbench(Path(options["data"]), "AgentBench OS tasks", used_by))
+            found.append(_agentbench(_path(options["data"]), "AgentBench OS tasks", used_by))
         if options.get("scripts_dir"):
-            path = Path(options["scripts_dir"])
+            path = _path(options["scripts_dir"])
             found.append(_agentbench(path, "AgentBench OS check scripts", used_by))
         return found
     if kind == "lm_eval" and "task" in options:
@@ -92,8 +100,10 @@ def _code_file(path: Path, used_by: str) -> DatasetNeed:
             version = EVALPLUS_DEFAULT_VERSION[key]
             stem = path.name.split(".")[0]
             url = f"{base}/{version}/{stem}.jsonl.gz"
-            get = f"curl -L -o {path} {url}" if path.suffix == ".gz" else (
-                f"curl -L {url} | gunzip > {path}"
+            get = (
+                f"curl -L -o {path} {url}"
+                if path.suffix == ".gz"
+                else (f"curl -L {url} | gunzip > {path}")
             )
             return DatasetNeed(
                 f"{label} (evalplus release {version})",
@@ -128,8 +138,8 @@ def _lm_eval(options: dict, used_by: str) -> DatasetNeed:
     where = f"lm-eval task {task!r}" + (f" (task files in {include})" if include else "")
     manager = f"TaskManager(include_path={str(include)!r})" if include else "TaskManager()"
     fetch = (
-        "python -c \"from lm_eval.tasks import TaskManager, get_task_dict; "
-        f"get_task_dict([{task!r}], {manager})\"  (downloads into the Hugging Face datasets "
+        'python -c "from lm_eval.tasks import TaskManager, get_task_dict; '
+        f'get_task_dict([{task!r}], {manager})"  (downloads into the Hugging Face datasets '
         "cache; then run with HF_DATASETS_OFFLINE=1)"
     )
     return DatasetNeed(f"lm-eval dataset of {task}", used_by, where, None, fetch)
