@@ -207,3 +207,16 @@ def test_original_mbpp_with_the_cycleqd_protocol(tmp_path):
     reply = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n```"
     assert evaluator.score_replies([reply]).score == 1.0
     assert json.loads(json.dumps(MBPP_PROBLEMS[0]))["task_id"] == 1
+
+
+def test_without_evalplus_the_install_command_is_named(tmp_path, monkeypatch):
+    for name in ("evalplus", "evalplus.data.mbpp", "evalplus.sanitize"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)
+    with pytest.raises(ValueError, match=r"needs evalplus's input conversion .*pip install"):
+        build_evaluator("mbpp", {"path": str(write_plus(tmp_path))})
+    mbpp = write_mbpp(tmp_path)
+    with pytest.raises(ValueError, match=r"protocol: cycleqd sanitises code with evalplus"):
+        build_evaluator("mbpp", {"path": str(mbpp), "task_ids": [1], "protocol": "cycleqd"})
+    # original MBPP with the default protocol needs no evalplus
+    plain = build_evaluator("mbpp", {"path": str(mbpp), "task_ids": [1]})
+    assert plain.score_replies([fenced("def add(a, b):\n    return a + b")]).score == 1.0

@@ -139,14 +139,19 @@ def split_plus_prompt(prompt: str) -> tuple[str, str]:
     return body[: match.start()].strip(), body[match.start() :].strip()
 
 
+def require_evalplus(why: str) -> None:
+    """Fail early, with the install command, where evalplus is needed but missing."""
+    try:
+        import evalplus.data.mbpp  # noqa: F401
+        import evalplus.sanitize  # noqa: F401
+    except ImportError as error:
+        raise TaskFileError(f"{why} ({error}); install it with `{EVALPLUS_INSTALL}`") from None
+
+
 def _deserialize(task_id: str, inputs: list[Any]) -> list[Any]:
     if not task_id.startswith("Mbpp/"):
         return inputs
-    try:
-        from evalplus.data.mbpp import mbpp_deserialize_inputs
-    except ImportError as error:
-        raise TaskFileError(
-            f"MBPP+ data ({task_id}) needs the evalplus package ({error}); install it with "
-            f"`{EVALPLUS_INSTALL}`"
-        ) from None
+    require_evalplus(f"MBPP+ data ({task_id}) needs evalplus's input conversion")
+    from evalplus.data.mbpp import mbpp_deserialize_inputs
+
     return mbpp_deserialize_inputs(task_id, inputs)

@@ -16,6 +16,7 @@ import ast
 import builtins
 import json
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ class _Splitter(ast.NodeTransformer):
 def defined_names(code: str) -> frozenset[str]:
     """Functions and classes the reference solution defines (``sum`` may be the candidate's)."""
     try:
-        tree = ast.parse(code)
+        with warnings.catch_warnings():  # old reference code has invalid escapes like '\w'
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code)
     except SyntaxError:
         return frozenset()
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)

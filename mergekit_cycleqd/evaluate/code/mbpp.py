@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ from mergekit_cycleqd.evaluate.base import (
     TaskResult,
 )
 from mergekit_cycleqd.evaluate.code import _runtime
-from mergekit_cycleqd.evaluate.code.data import Problem, load_problems
+from mergekit_cycleqd.evaluate.code.data import Problem, load_problems, require_evalplus
 from mergekit_cycleqd.evaluate.code.harness import CallOutcome, run_calls
 from mergekit_cycleqd.evaluate.code.judge import SplitAssert, judge, split_tests
 from mergekit_cycleqd.evaluate.code.plus import expected_outputs, output_matches
@@ -124,6 +125,8 @@ class MBPPEvaluator(Evaluator):
                         f"{options.path}: task {problem.task_id}: {error}"
                     ) from None
         self.protocol = Protocol(options.protocol, system_prompt=options.system_prompt)
+        if options.protocol == "cycleqd":
+            require_evalplus("protocol: cycleqd sanitises code with evalplus")
         self.limits = ProcessLimits(
             timeout_s=options.timeout_s, memory_mb=options.memory_mb, max_output_chars=8_000_000
         )
@@ -143,15 +146,17 @@ class MBPPEvaluator(Evaluator):
         plus = problem.plus_inputs if self.options.tests == "plus" else []
         return [*problem.base_inputs, *plus]
 
-    def _run_all(self, codes: list[str]) -> list[CallOutcome]:
+    def _run_all(self, codes: list[str], limits: ProcessLimits | None = None) -> list[CallOutcome]:
+        limits = limits or self.limits
+
         def run(pair: tuple[str, int]) -> CallOutcome:
             code, index = pair
             problem = self.problems[index]
             if self.plus:
                 calls = [_runtime.encode(list(i)) for i in self._inputs(problem)]
-                return run_calls(code, calls, self.limits, entry_point=problem.entry_point)
+                return run_calls(code, calls, limits, entry_point=problem.entry_point)
             calls = [c for part in self.splits[index] for c in part.calls]
-            return run_calls(code, calls, self.limits, setup=problem.setup)
+            return run_calls(code, calls, limits, setup=problem.setup)
 
         with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
             return list(pool.map(run, zip(codes, range(len(codes)))))
@@ -159,7 +164,9 @@ class MBPPEvaluator(Evaluator):
     def expected(self) -> list[list[Any]]:
         """The canonical solutions' outputs (evalplus files), computed once in the sandbox."""
         if self._expected is None:
-            outcomes = self._run_all([p.canonical for p in self.problems])
+            # a one-off cost per evaluator: give the reference solutions room
+            limits = replace(self.limits, timeout_s=max(60.0, self.options.timeout_s))
+            outcomes = self._run_all([p.canonical for p in self.problems], limits)
             broken = [(p.task_id, o.error) for p, o in zip(self.problems, outcomes) if not o.ok]
             if broken:
                 raise TaskFileError(

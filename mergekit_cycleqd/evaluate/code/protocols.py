@@ -19,9 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from mergekit_cycleqd.errors import TaskFileError
 from mergekit_cycleqd.evaluate.base import Message, Prompt
-from mergekit_cycleqd.evaluate.code.data import EVALPLUS_INSTALL, Problem
+from mergekit_cycleqd.evaluate.code.data import Problem, require_evalplus
 from mergekit_cycleqd.evaluate.code.judge import split_assert
 
 ProtocolName = Literal["default", "cycleqd"]
@@ -126,13 +125,9 @@ def cycleqd_code(completion: str, problem: Problem) -> str:
     body = completion if index == -1 else completion[:index]
     if problem.is_humaneval:
         body = problem.prompt.strip() + "\n" + body
-    try:
-        from evalplus.sanitize import sanitize
-    except ImportError as error:
-        raise TaskFileError(
-            f"protocol: cycleqd sanitises code with evalplus ({error}); install it with "
-            f"`{EVALPLUS_INSTALL}`"
-        ) from None
+    require_evalplus("protocol: cycleqd sanitises code with evalplus")
+    from evalplus.sanitize import sanitize
+
     return sanitize(body, problem.entry_point or _entry_point(problem))
 
 
