@@ -192,3 +192,14 @@ def test_a_forged_line_is_only_a_claim_about_returned_values():
     honest = forger.replace('[["O", "x"], 5]', '[["I", "0x5"], ["S", "x"]]')
     assert honest != forger
     assert run_calls(honest, ["f()", "f()"], ProcessLimits(timeout_s=10)).values == [5, "x"]
+
+
+def test_huge_results_fail_that_problem_only(tmp_path):
+    problems = [dict(MBPP_PROBLEMS[0], task_id=i) for i in (1, 2)]
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    evaluator = build_evaluator("mbpp", {"path": str(path), "task_ids": ["1-2"]})
+    huge = "def add(a, b):\n    return 'x' * 2_000_000\n"
+    result = evaluator.score_replies([f"```python\n{huge}```", f"```python\n{RIGHT}```"])
+    assert result.samples[0]["error"].startswith("returned values too large to judge")
+    assert result.samples[1]["error"] is None

@@ -154,31 +154,52 @@ print(_MARK + _json.dumps(_verdicts))
 """
 
 
+MAX_VALUES_CHARS = 1_000_000
+"""A problem whose returned values encode to more than this fails without being judged."""
+BATCH_CHARS = 8_000_000
+
+
 def judge(
     outcomes: list[CallOutcome], splits: list[list[SplitAssert]], limits: ProcessLimits
 ) -> list[str | None]:
-    """Check every problem's decoded values in one judge program; None = passed, else why.
+    """Check every problem's decoded values in judge programs; None = passed, else why.
 
-    The judge program holds no candidate code, only plain values and the dataset's asserts;
-    it still runs in the sandbox because the asserts are data from a file.
+    A judge program holds no candidate code, only plain values and the dataset's asserts;
+    it still runs in the sandbox because the asserts are data from a file. Problems are
+    judged in batches of bounded size, so huge results cannot stall the others.
     """
-    cases: list[dict[str, Any]] = []
-    for outcome, split in zip(outcomes, splits, strict=True):
+    verdicts: list[str | None] = [o.error for o in outcomes]
+    batch: list[tuple[int, dict[str, Any]]] = []
+    size = 0
+    for index, (outcome, split) in enumerate(zip(outcomes, splits, strict=True)):
         if not outcome.ok:
+            continue
+        values = [_encode_decoded(v) for v in outcome.values]
+        chars = len(json.dumps(values))
+        if chars > MAX_VALUES_CHARS:
+            verdicts[index] = f"returned values too large to judge ({chars} > {MAX_VALUES_CHARS})"
             continue
         checks, start = [], 0
         for part in split:
             checks.append([part.check, list(range(start, start + len(part.calls)))])
             start += len(part.calls)
-        cases.append(
-            {
-                "values": [_encode_decoded(v) for v in outcome.values],
-                "checks": checks,
-                "modules": sorted({m for part in split for m in part.modules}),
-            }
-        )
-    verdicts = iter(_run_judge(cases, limits) if cases else [])
-    return [next(verdicts) if outcome.ok else outcome.error for outcome in outcomes]
+        modules = sorted({m for part in split for m in part.modules})
+        batch.append((index, {"values": values, "checks": checks, "modules": modules}))
+        size += chars
+        if size > BATCH_CHARS:
+            _judge_batch(batch, verdicts, limits)
+            batch, size = [], 0
+    if batch:
+        _judge_batch(batch, verdicts, limits)
+    return verdicts
+
+
+def _judge_batch(
+    batch: list[tuple[int, dict[str, Any]]], verdicts: list[str | None], limits: ProcessLimits
+) -> None:
+    results = _run_judge([case for _, case in batch], limits)
+    for (index, _), verdict in zip(batch, results, strict=True):
+        verdicts[index] = verdict
 
 
 def _encode_decoded(value: Any) -> Any:
