@@ -52,8 +52,8 @@ def test_prompt_is_a_chat_with_problem_and_first_test(fixture_path):
             ),
         }
     ]
-    with_system = default_prompt(problem, system_prompt="Be brief.")
-    assert with_system[0] == {"role": "system", "content": "Be brief."}
+    with_system = default_prompt(problem, system_prompt="Be concise.")
+    assert with_system[0] == {"role": "system", "content": "Be concise."}
 
 
 @pytest.mark.parametrize(
