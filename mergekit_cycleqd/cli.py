@@ -152,7 +152,9 @@ def cmd_check(argv: list[str]) -> int:
     path = args.recipe / "recipe.yml" if args.recipe.is_dir() else args.recipe
     recipe = _load(path, args.var)
     from mergekit_cycleqd.recipe.checks import check_recipe
+    from mergekit_cycleqd.recipe.datasets import dataset_needs, describe
 
+    print(describe(dataset_needs(recipe)))
     report = check_recipe(recipe, source=str(path))
     print(
         f"{path}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "

@@ -2,36 +2,80 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mergekit_cycleqd import cli
+from mergekit_cycleqd.evaluate.base import evaluator_class
 from mergekit_cycleqd.recipe import RecipeError, load_recipe
+from mergekit_cycleqd.recipe.datasets import dataset_needs
+from tests.mbpp_fixtures import HUMANEVAL_PROBLEMS, write_plus
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def _agentbench_checkout(root: Path, data: Path) -> Path:
-    """An AgentBench-shaped folder whose files point at the real benchmark data."""
-    links = {
-        "data/dbbench/dev.jsonl": "agentbench/dbbench/dev.jsonl",
-        "data/dbbench/standard.jsonl": "agentbench/dbbench/dev.jsonl",
-        "data/os_interaction/data/dev.json": "agentbench/os_interaction/data/dev.json",
-        "data/os_interaction/data/7/bootstrap.json": "agentbench/os_interaction/data/dev.json",
+DB_RECORD = {
+    "description": "How many rows are there?",
+    "add_description": "The name of this table is t, and the headers of this table are a.",
+    "table": {
+        "table_name": "t",
+        "table_info": {"columns": [{"name": "a", "type": "TEXT"}], "rows": [["x"], ["y"]]},
+    },
+    "type": ["counting"],
+    "label": ["2"],
+    "sql": {"query": "SELECT COUNT(*) FROM t"},
+}
+OS_TASK = [
+    {
+        "description": "How many files are in /etc/skel?",
+        "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
+                       "example": {"code": "ls -A /etc/skel | wc -l"}},
+        "labels": ["file"],
     }
-    for target, source in links.items():
-        (root / target).parent.mkdir(parents=True, exist_ok=True)
-        (root / target).symlink_to(data / source)
-    (root / "data/os_interaction/scripts").mkdir(parents=True)
-    return root
+]
 
 
-def test_agentbench_recipe_is_the_papers_setup(shared_data, tmp_path) -> None:
-    checkout = _agentbench_checkout(tmp_path / "AgentBench", shared_data)
-    recipe = load_recipe(
-        RECIPES / "agentbench.yml",
-        {"agentbench": str(checkout), "mbpp": str(shared_data / "mbpp/mbpp.jsonl")},
-    )
+def paper_layout(root: Path) -> Path:
+    """The data laid out as README "Running the paper's setup" documents, with files the test
+    writes in each benchmark's format; returns the recipe copied into root/recipes."""
+    checkout = root / "AgentBench"
+    for name in ("dev.jsonl", "standard.jsonl"):
+        target = checkout / "data/dbbench" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(DB_RECORD) + "\n")
+    for name in ("dev.json", "7/bootstrap.json"):
+        target = checkout / "data/os_interaction/data" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(OS_TASK))
+    (checkout / "data/os_interaction/scripts").mkdir(parents=True)
+    evalplus = root / "data" / "evalplus"
+    evalplus.mkdir(parents=True)
+    write_plus(evalplus, name="MbppPlus.jsonl")
+    write_plus(evalplus, name="HumanEvalPlus.jsonl", problems=HUMANEVAL_PROBLEMS)
+    (root / "recipes").mkdir()
+    recipe = root / "recipes" / "agentbench.yml"
+    shutil.copy(RECIPES / "agentbench.yml", recipe)
+    return recipe
+
+
+def require_cycleqd_protocols() -> None:
+    """The recipe names `protocol: cycleqd` for DB and OS; that option comes with those
+    evaluators (issue #9 §4). Until both have it, say so instead of failing on the schema."""
+    missing = [
+        kind
+        for kind in ("dbbench", "os_interaction")
+        if "protocol" not in evaluator_class(kind).Options.model_fields
+    ]
+    if missing:
+        pytest.xfail(f"the {', '.join(missing)} evaluator(s) have no `protocol` option yet")
+
+
+def test_agentbench_recipe_is_the_papers_setup(tmp_path) -> None:
+    require_cycleqd_protocols()
+    recipe = load_recipe(paper_layout(tmp_path))
     assert recipe.task_names == ["mbpp", "db", "os"]
     assert [e.path for e in recipe.experts] == [
         "SakanaAI/Llama-3-8B-Instruct-Coding-Expert",
@@ -43,7 +87,55 @@ def test_agentbench_recipe_is_the_papers_setup(shared_data, tmp_path) -> None:
     assert recipe.backend.kind == "vllm"
     for task in recipe.tasks:
         assert task.split_options("opt")["max_new_tokens"] == 512
-        assert task.split_options("opt").get("max_rounds", 5) == 5
+        assert task.split_options("opt")["protocol"] == "cycleqd"
+    coding = recipe.tasks[0].split_options("opt")
+    assert Path(coding["path"]).name == "MbppPlus.jsonl" and coding["tests"] == "base"
+    general = {t.name: t for t in recipe.final.generalisation}
+    assert list(general) == [
+        "humaneval_plus", "gsm8k", "reasoning", "reading_comprehension", "common_sense"
+    ]
+    assert general["humaneval_plus"].evaluator == "mbpp"
+    assert general["humaneval_plus"].split_options("test")["tests"] == "plus"
+    assert {general[n].split_options("test")["task"] for n in list(general)[1:]} == {
+        "gsm8k", "arc_challenge", "race", "hellaswag"
+    }
+
+
+def test_check_lists_every_dataset_of_the_paper_recipe(tmp_path, monkeypatch, capsys) -> None:
+    require_cycleqd_protocols()
+    recipe_path = paper_layout(tmp_path)
+    # the models are Hub ids (unreachable in tests); this test is about the data
+    monkeypatch.setattr("mergekit_cycleqd.search.loop.check_models", lambda recipe: None)
+    assert cli.main(["check", str(recipe_path)]) == 0
+    out = capsys.readouterr().out
+    root = tmp_path.resolve()
+    expected = {
+        f"{root}/data/evalplus/MbppPlus.jsonl": "curl -L https://github.com/evalplus/mbppplus_release/releases/download/v0.1.0/MbppPlus.jsonl.gz | gunzip >",
+        f"{root}/data/evalplus/HumanEvalPlus.jsonl": "curl -L https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz | gunzip >",
+        f"{root}/AgentBench/data/dbbench/dev.jsonl": f"git clone https://github.com/THUDM/AgentBench {root}/AgentBench",
+        f"{root}/AgentBench/data/dbbench/standard.jsonl": "git clone",
+        f"{root}/AgentBench/data/os_interaction/data/dev.json": "git clone",
+        f"{root}/AgentBench/data/os_interaction/data/7/bootstrap.json": "git clone",
+        f"{root}/AgentBench/data/os_interaction/scripts": "git clone",
+    }
+    needs = out.split("\n- ")[1:]
+    assert len(needs) == len(expected) + 4  # and the four lm-eval datasets
+    for location, fetch in expected.items():
+        (entry,) = [n for n in needs if f"at:    {location}\n" in n]
+        assert "[found]" in entry and fetch in entry
+    for task in ("gsm8k", "arc_challenge", "race", "hellaswag"):
+        (entry,) = [n for n in needs if f"lm-eval task {task!r}" in n]
+        assert "[fetched on first use]" in entry and f"get_task_dict([{task!r}]" in entry
+
+
+def test_check_names_a_missing_dataset_and_its_fetch_command(tmp_path) -> None:
+    require_cycleqd_protocols()
+    recipe = load_recipe(paper_layout(tmp_path))
+    missing = tmp_path / "data" / "evalplus" / "MbppPlus.jsonl"
+    missing.unlink()
+    (need,) = [n for n in dataset_needs(recipe) if n.location == str(missing.resolve())]
+    assert need.present is False and "MISSING" in need.line()
+    assert need.fetch.startswith(f"mkdir -p {missing.resolve().parent} && curl -L ")
 
 
 def test_agentbench_recipe_without_data_names_the_missing_files(tmp_path) -> None:
