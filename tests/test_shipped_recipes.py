@@ -105,7 +105,9 @@ def test_check_lists_every_dataset_of_the_paper_recipe(tmp_path, monkeypatch, ca
     require_cycleqd_protocols()
     recipe_path = paper_layout(tmp_path)
     # the models are Hub ids (unreachable in tests); this test is about the data
-    monkeypatch.setattr("mergekit_cycleqd.search.loop.check_models", lambda recipe: None)
+    monkeypatch.setattr(
+        "mergekit_cycleqd.recipe.checks.check_models", lambda recipe, source: ({}, [])
+    )
     assert cli.main(["check", str(recipe_path)]) == 0
     out = capsys.readouterr().out
     root = tmp_path.resolve()
