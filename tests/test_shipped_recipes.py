@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mergekit_cycleqd import cli
-from mergekit_cycleqd.evaluate.base import evaluator_class
 from mergekit_cycleqd.recipe import RecipeError, load_recipe
 from mergekit_cycleqd.recipe.datasets import dataset_needs
 from tests.mbpp_fixtures import HUMANEVAL_PROBLEMS, write_plus
@@ -61,20 +60,7 @@ def paper_layout(root: Path) -> Path:
     return recipe
 
 
-def require_cycleqd_protocols() -> None:
-    """The recipe names `protocol: cycleqd` for DB and OS; that option comes with those
-    evaluators (issue #9 §4). Until both have it, say so instead of failing on the schema."""
-    missing = [
-        kind
-        for kind in ("dbbench", "os_interaction")
-        if "protocol" not in evaluator_class(kind).Options.model_fields
-    ]
-    if missing:
-        pytest.xfail(f"the {', '.join(missing)} evaluator(s) have no `protocol` option yet")
-
-
 def test_agentbench_recipe_is_the_papers_setup(tmp_path) -> None:
-    require_cycleqd_protocols()
     recipe = load_recipe(paper_layout(tmp_path))
     assert recipe.task_names == ["mbpp", "db", "os"]
     assert [e.path for e in recipe.experts] == [
@@ -102,7 +88,6 @@ def test_agentbench_recipe_is_the_papers_setup(tmp_path) -> None:
 
 
 def test_check_lists_every_dataset_of_the_paper_recipe(tmp_path, monkeypatch, capsys) -> None:
-    require_cycleqd_protocols()
     recipe_path = paper_layout(tmp_path)
     # the models are Hub ids (unreachable in tests); this test is about the data
     monkeypatch.setattr(
@@ -131,7 +116,6 @@ def test_check_lists_every_dataset_of_the_paper_recipe(tmp_path, monkeypatch, ca
 
 
 def test_check_names_a_missing_dataset_and_its_fetch_command(tmp_path) -> None:
-    require_cycleqd_protocols()
     recipe = load_recipe(paper_layout(tmp_path))
     missing = tmp_path / "data" / "evalplus" / "MbppPlus.jsonl"
     missing.unlink()

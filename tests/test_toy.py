@@ -130,6 +130,7 @@ def mean(scores: dict[str, float]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # builds the default family (~70 s of CPU) and scores 5 models
 def test_the_default_family_is_in_the_papers_regime(val_scores):
     """Experts good but imperfect on their own skill, each the best at it among the experts,
     and the plain merge of their task vectors keeps most of every skill."""
