@@ -316,7 +316,7 @@ class Ledger:
         return ChildRecord(*values)
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -342,11 +342,24 @@ def _recovery_hint(path: Path) -> str:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, path: Path):
         self.db = db
+        self.path = path
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: object, *_rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, error: BaseException | None, _tb: object) -> None:
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.OperationalError as failure:
+            error = error or failure
+            if not exc_type and self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+            raise LedgerError(
+                f"cannot file into {self.path}: the disk is full ({error}). Free space, then "
+                f"continue with --resume; everything filed before is intact."
+            ) from None
+        if error is not None and not exc_type:
+            raise error

@@ -26,10 +26,20 @@ def _format_error(source: str, error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     where = f"{source}: {location}: " if location else f"{source}: "
     if error["type"] == "extra_forbidden":
-        return f"{where}unknown field (got {error['input']!r})"
+        return f"{where}unknown field (got {_shown(error['input'])})"
     if error["type"] == "missing":
         return f"{where}required field is missing"
-    return f"{where}{message} (got {error['input']!r})"
+    if isinstance(error["input"], dict) and not location:  # the whole recipe: name no value
+        return f"{where}{message}"
+    return f"{where}{message} (got {_shown(error['input'])})"
+
+
+def _shown(value: Any) -> str:
+    """The offending value, shortened: a mapping by its keys, never a whole section."""
+    if isinstance(value, dict):
+        return f"a mapping with keys {', '.join(map(str, value))}"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 def format_validation_error(source: str, error: ValidationError, prefix: str = "") -> str:
     lines = []
