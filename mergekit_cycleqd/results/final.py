@@ -227,6 +227,8 @@ def finish_run(run) -> Results:
                 None,
                 model_path=str(out.relative_to(folder.root)),
             )
+            if not complete_model_folder(out):  # filed, but its folder was damaged since
+                run_baseline_merge(_baseline_config(method, run.base, run.experts), out)
             rows.append((f"{method} (mergekit)", "baseline", record))
         archives = archives_from_ledger(run.ledger)
         best = best_mean_elite(run, archives)
