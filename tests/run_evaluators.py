@@ -183,3 +183,32 @@ class Rendezvous(WeightProbeEvaluator):
         result = super().evaluate(backend)
         (folder / f"end-{pid}-{start}").write_text(str(time.time_ns()))
         return result
+
+
+class GateOptions(WeightProbeOptions):
+    folder: str
+    on_call: int = 6
+
+
+class Gate(WeightProbeEvaluator):
+    """On the n-th call, says so (file ``waiting``) and holds until the test creates ``go``.
+
+    The test knows exactly which child is in flight when it sends its signal.
+    """
+
+    Options = GateOptions
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.calls = 0
+
+    def evaluate(self, backend):
+        self.calls += 1
+        if self.calls == self.options.on_call:
+            folder = Path(self.options.folder)
+            (folder / "waiting").touch()
+            for _ in range(1200):  # at most two minutes
+                if (folder / "go").exists():
+                    break
+                time.sleep(0.1)
+        return super().evaluate(backend)
