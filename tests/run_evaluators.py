@@ -212,3 +212,14 @@ class Gate(WeightProbeEvaluator):
                     break
                 time.sleep(0.1)
         return super().evaluate(backend)
+
+
+RAY_EVALUATORS = {"worker_killer": "WorkerKiller", "rendezvous": "Rendezvous"}
+
+
+def register_in_this_process() -> None:
+    """Ray's worker_process_setup_hook: Ray workers need the test evaluators too."""
+    from mergekit_cycleqd.evaluate.base import register_evaluator
+
+    for kind, name in RAY_EVALUATORS.items():
+        register_evaluator(kind, f"tests.run_evaluators:{name}")
