@@ -284,3 +284,28 @@ def test_materialize_names_a_missing_model_file(tiny_family, tmp_path, capsys) -
     assert main(["materialize", str(tmp_path / "run"), str(child.id), str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert f"model {child.id}'s file {tmp_path / 'run' / child.model_path} is missing" in err
+
+
+# ---- run folders are portable ---------------------------------------------------------
+def test_a_moved_run_folder_still_rebuilds_its_elites(tiny_family, tmp_path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    _run(probe_recipe(*tiny_family, generations=3), tmp_path / "run")
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.move(tmp_path / "run", moved)
+    elite_yaml = sorted((moved / "elites").glob("*.yml"), key=lambda p: int(p.stem))[-1]
+    text = elite_yaml.read_text()
+    assert str(tmp_path / "run") not in text and "../children/" in text
+    subprocess.run(
+        [sys.executable, "-m", "mergekit_cycleqd.scripts.run_yaml", str(elite_yaml), "out"],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,  # neither the run folder nor its elites/ folder
+    )
+    assert main(["materialize", str(moved), elite_yaml.stem, str(tmp_path / "mat")]) == 0
+    rebuilt = load_file(tmp_path / "out" / "model.safetensors")
+    expected = load_file(tmp_path / "mat" / "model.safetensors")
+    assert rebuilt.keys() == expected.keys()
+    assert all(torch.equal(rebuilt[n], expected[n]) for n in expected)

@@ -168,14 +168,33 @@ class RunFolder:
 
     def write_elite_config(self, breeder: Any, record: ChildRecord) -> Path:
         """A mergekit YAML that rebuilds this model (mergekit-cycleqd-yaml CONFIG OUT)."""
-        config = breeder.mergekit_config(self.root / record.model_path)
         path = self.elite_config_path(record.id)
+        config = _relative_inside(
+            breeder.mergekit_config(self.root / record.model_path), self.root, path.parent
+        )
         header = (
             f"# CycleQD model {record.id} ({record.name}); scores {record.scores}\n"
             f"# rebuild: mergekit-cycleqd-yaml {path.name} OUT_DIR\n"
         )
         write_text_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
         return path
+
+
+def _relative_inside(value: Any, root: Path, start: Path) -> Any:
+    """Paths inside the run folder become relative to ``start`` (``../children/...``).
+
+    A run folder copied or moved elsewhere then still rebuilds its elites;
+    ``mergekit-cycleqd-yaml`` resolves such paths against the YAML file's folder.
+    """
+    if isinstance(value, dict):
+        return {k: _relative_inside(v, root, start) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_inside(v, root, start) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        target = Path(value).resolve()
+        if target.is_relative_to(root.resolve()):
+            return os.path.relpath(target, start.resolve())
+    return value
 
 
 def model_file(run_dir: Path, child_id: int | str) -> Path:

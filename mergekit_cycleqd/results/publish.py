@@ -175,11 +175,16 @@ def _card_config(config_path: Path, paths: Mapping[str, str]) -> tuple[str | Non
     genome: Path | None = None
     parameters = config.get("parameters")
     if isinstance(parameters, dict) and isinstance(parameters.get("genome"), str):
-        genome = Path(parameters["genome"])
+        genome = (config_path.parent / parameters["genome"]).resolve()  # relative to the YAML
+        if not genome.is_file():  # ship every file the YAML names, or nothing
+            raise PublishError(
+                f"{config_path} names the genome {genome}, which is missing; copy the run "
+                f"folder's children/ back before publishing"
+            )
         parameters["genome"] = f"cycleqd/{genome.name}"
         if "svd_cache" in parameters:
             parameters["svd_cache"] = "svd_cache"
-    return yaml.safe_dump(config, sort_keys=False), genome if genome and genome.is_file() else None
+    return yaml.safe_dump(config, sort_keys=False), genome
 
 
 def _materialize(run_dir: Path, child_id: int | str, out_dir: Path) -> Path:

@@ -9,6 +9,8 @@ and a strict check of parameter names in ``cycleqd`` configs before merging.
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,14 +23,33 @@ from mergekit_cycleqd.errors import CycleQDError
 from mergekit_cycleqd.merge.config_check import check_config
 
 
+def _resolve_relative(value: Any, folder: Path) -> Any:
+    """``./`` and ``../`` paths (a run folder's elite YAMLs) are relative to the YAML's folder."""
+    if isinstance(value, dict):
+        return {k: _resolve_relative(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_relative(v, folder) for v in value]
+    if isinstance(value, str) and value.startswith(("./", "../")):
+        return str((folder / value).resolve())
+    return value
+
+
 def _run(**kwargs: Any) -> None:
-    with open(kwargs["config_file"], encoding="utf-8") as handle:
+    config_file = Path(kwargs["config_file"])
+    with open(config_file, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     if isinstance(data, dict):
         try:
             check_config(data)
         except CycleQDError as error:
-            raise click.ClickException(f"{kwargs['config_file']}: {error}") from None
+            raise click.ClickException(f"{config_file}: {error}") from None
+        resolved = _resolve_relative(data, config_file.resolve().parent)
+        if resolved != data:  # mergekit reads the file itself: hand it the resolved copy
+            with tempfile.TemporaryDirectory() as folder:
+                copy = Path(folder) / config_file.name
+                copy.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+                mergekit_run_yaml.main.callback(**{**kwargs, "config_file": str(copy)})
+            return
     mergekit_run_yaml.main.callback(**kwargs)
 
 
