@@ -286,7 +286,10 @@ def test_publish_run_archive_top_k_dry_run(run_folder):
     run, calls = run_folder
     with Ledger(run / "ledger.sqlite") as ledger:
         elites = archives_from_ledger(ledger)["db"].elites.values()
-        ranked = sorted(elites, key=lambda e: (-e.quality, e.child_id))[:2]
+        ranked = [  # seeds are the experts themselves: skipped, not published as merges
+            e for e in sorted(elites, key=lambda e: (-e.quality, e.child_id))
+            if ledger.child(e.child_id).role != "seed"
+        ][:2]
         records = [ledger.child(e.child_id) for e in ranked]
     result = publish_run(run, "org/run", {"archive": "db", "top": 2}, dry_run=True)
     assert calls == [e.child_id for e in ranked]

@@ -67,7 +67,10 @@ def test_publish_cli_dry_run_top_k(probe_run, capsys) -> None:
     with Ledger(probe_run / "ledger.sqlite") as ledger:
         from mergekit_cycleqd.filing.archive import archives_from_ledger
 
-        top = sorted(archives_from_ledger(ledger)["t0"].members(), key=lambda e: -e.quality)[:2]
+        top = [  # seeds are the experts themselves: skipped, not published as merges
+            e for e in sorted(archives_from_ledger(ledger)["t0"].members(), key=lambda e: -e.quality)
+            if ledger.child(e.child_id).role != "seed"
+        ][:2]
     repos = sorted(p.name for p in (probe_run / "publish" / "repos").iterdir())
     assert repos == sorted(f"elite-{e.child_id}" for e in top)
     for repo in repos:
@@ -75,3 +78,17 @@ def test_publish_cli_dry_run_top_k(probe_run, capsys) -> None:
         assert list((probe_run / "publish" / "repos" / repo).glob("*.safetensors"))
     assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "nope", "--dry-run"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_publish_refuses_a_seed_and_a_repo_id_the_hub_rejects(probe_run, capsys) -> None:
+    with Ledger(probe_run / "ledger.sqlite") as ledger:
+        seed = ledger.children(role="seed")[0]
+    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--elite", str(seed.id), "--dry-run"]) == 1
+    assert f"model {seed.id} is t0 itself (a seed, not a merge)" in capsys.readouterr().err
+    for bad in ("org/a..b", "org/x--y"):
+        staged = probe_run / "publish" / "models"
+        before = sorted(staged.iterdir()) if staged.exists() else []
+        assert main(["publish", str(probe_run), "--repo-id", bad, "--final", "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert f"the Hub would reject the repository id {bad!r}" in err and "re-run" not in err
+        assert (sorted(staged.iterdir()) if staged.exists() else []) == before  # nothing staged

@@ -117,6 +117,11 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
             raise PublishError(f"the run has no model with id {child_id}") from None
         if record.status != "ok":
             raise PublishError(f"model {child_id} failed during the run ({record.error})")
+        if record.role == "seed":
+            raise PublishError(
+                f"model {child_id} is {record.name.removeprefix('seed:')} itself (a seed, not a "
+                f"merge); it is already published where the recipe took it from"
+            )
         return [_Pick(f"elite-{child_id}", child_id, record)]
     task, top = selection["archive"], int(selection.get("top") or 1)
     if task not in archives:
@@ -126,7 +131,21 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
     elites = sorted(archives[task].elites.values(), key=lambda e: (-e.quality, e.child_id))
     if not elites:
         raise PublishError(f"archive {task!r} is empty")
-    return [_Pick(f"elite-{e.child_id}", e.child_id, ledger.child(e.child_id)) for e in elites[:top]]
+    picks = []
+    for elite in elites:  # seeds are the unmodified expert/base: never republished as merges
+        record = ledger.child(elite.child_id)
+        if record.role == "seed":
+            logger.warning(
+                "skipping model %d of archive %r: it is %s itself (a seed), not a merge",
+                record.id, task, record.name.removeprefix("seed:"),
+            )
+            continue
+        picks.append(_Pick(f"elite-{elite.child_id}", elite.child_id, record))
+        if len(picks) == top:
+            break
+    if not picks:
+        raise PublishError(f"archive {task!r} holds only seeds (the experts themselves)")
+    return picks
 
 
 def _hub_ids(meta: Mapping[str, Any]) -> tuple[str, list[ExpertRef], dict[str, str]]:
@@ -224,6 +243,7 @@ def publish_run(
         archives = archives_from_ledger(ledger)
         picks = _pick_models(ledger, archives, selection)
     base, experts, paths = _hub_ids(meta)
+    repo_ids_for(repo_id, [pick.name for pick in picks])  # refuse a bad id before any work
     tasks = list(meta["tasks"])
     items = []
     for pick in picks:
