@@ -275,6 +275,9 @@ def run_folder(tmp_path, model_dirs, monkeypatch):
         return out_dir
 
     monkeypatch.setattr("mergekit_cycleqd.results.publish._materialize", fake_materialize)
+    # these folders are stand-ins that no YAML rebuilds; the rebuild check is tested on a
+    # real run in test_publish_run.py
+    monkeypatch.setattr("mergekit_cycleqd.results.publish.verify_rebuild", lambda *_a: None)
     return run, calls
 
 

@@ -92,3 +92,27 @@ def test_publish_refuses_a_seed_and_a_repo_id_the_hub_rejects(probe_run, capsys)
         err = capsys.readouterr().err
         assert f"the Hub would reject the repository id {bad!r}" in err and "re-run" not in err
         assert (sorted(staged.iterdir()) if staged.exists() else []) == before  # nothing staged
+
+
+def test_publish_refuses_weights_its_yaml_does_not_rebuild(probe_run, monkeypatch, capsys) -> None:
+    """Every publish rebuilds the model from the YAML it ships; a mismatch uploads nothing."""
+    from safetensors.torch import load_file, save_file
+
+    from mergekit_cycleqd.results import publish
+    from mergekit_cycleqd.results.run_models import materialize_child
+
+    def tampered(run_dir, child_id, out_dir):
+        folder = materialize_child(run_dir, child_id, out_dir)
+        tensors = load_file(folder / "model.safetensors")
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name] + 1e-3
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+
+    monkeypatch.setattr(publish, "_materialize", tampered)
+    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--final", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "does not rebuild the weights" in err and "nothing uploaded" in err
+    assert not (probe_run / "publish" / "repos").exists() or not any(
+        (probe_run / "publish" / "repos").iterdir()
+    )

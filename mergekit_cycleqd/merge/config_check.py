@@ -8,6 +8,7 @@ For ``cycleqd`` and ``cycleqd_genome`` configs we refuse them, naming the field.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from mergekit.merge_methods import ParameterScope, get
@@ -86,3 +87,14 @@ def check_config(config: Mapping[str, Any]) -> None:
             "parameters.svd_factors is required with mutation: svd "
             "(the SVD cache file of the active task's expert)"
         )
+
+
+def resolve_relative_paths(value: Any, folder: Path) -> Any:
+    """``./`` and ``../`` paths (a run folder's elite YAMLs) are relative to the YAML's folder."""
+    if isinstance(value, dict):
+        return {k: resolve_relative_paths(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_relative_paths(v, folder) for v in value]
+    if isinstance(value, str) and value.startswith(("./", "../")):
+        return str((folder / value).resolve())
+    return value

@@ -20,18 +20,7 @@ from mergekit.scripts import run_yaml as mergekit_run_yaml
 
 import mergekit_cycleqd  # noqa: F401  (registers the merge methods)
 from mergekit_cycleqd.errors import CycleQDError
-from mergekit_cycleqd.merge.config_check import check_config
-
-
-def _resolve_relative(value: Any, folder: Path) -> Any:
-    """``./`` and ``../`` paths (a run folder's elite YAMLs) are relative to the YAML's folder."""
-    if isinstance(value, dict):
-        return {k: _resolve_relative(v, folder) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve_relative(v, folder) for v in value]
-    if isinstance(value, str) and value.startswith(("./", "../")):
-        return str((folder / value).resolve())
-    return value
+from mergekit_cycleqd.merge.config_check import check_config, resolve_relative_paths
 
 
 def _run(**kwargs: Any) -> None:
@@ -43,7 +32,7 @@ def _run(**kwargs: Any) -> None:
             check_config(data)
         except CycleQDError as error:
             raise click.ClickException(f"{config_file}: {error}") from None
-        resolved = _resolve_relative(data, config_file.resolve().parent)
+        resolved = resolve_relative_paths(data, config_file.resolve().parent)
         if resolved != data:  # mergekit reads the file itself: hand it the resolved copy
             with tempfile.TemporaryDirectory() as folder:
                 copy = Path(folder) / config_file.name
