@@ -309,3 +309,14 @@ def test_a_moved_run_folder_still_rebuilds_its_elites(tiny_family, tmp_path) -> 
     expected = load_file(tmp_path / "mat" / "model.safetensors")
     assert rebuilt.keys() == expected.keys()
     assert all(torch.equal(rebuilt[n], expected[n]) for n in expected)
+
+
+def test_a_recipe_error_does_not_dump_the_recipe(tiny_family, tmp_path, capsys) -> None:
+    raw = probe_recipe(*tiny_family, generations=1)
+    raw["tasks"] = raw["tasks"][:1]  # one task: a whole-recipe error
+    recipe = write_recipe(tmp_path / "r.yml", raw)
+    assert main([str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "CycleQD needs at least two tasks" in err
+    assert "base_model" not in err and str(tiny_family[0]) not in err  # no recipe dump
+    assert len(err.splitlines()) == 1
