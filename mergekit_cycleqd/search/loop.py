@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,10 @@ class CycleQD:
         finally:
             if self.executor is not None:
                 self.executor.close()
-            self.backup()
+            try:
+                self.backup()
+            except (OSError, sqlite3.Error) as error:  # e.g. the disk that stopped the run
+                log.warning("could not refresh the ledger backup: %s", error)
         if interrupt.requested:
             log.warning("interrupted: every finished child is committed; continue with --resume")
         return self.summary(interrupt.requested, stop_signal=interrupt.signal)
