@@ -163,8 +163,12 @@ class Ledger:
         target = sqlite3.connect(temporary)
         try:
             self.backup_into(target)
+            (verdict,) = target.execute("PRAGMA quick_check").fetchone()
         finally:
             target.close()
+        if verdict != "ok":  # never replace a good backup by a copy of damage
+            temporary.unlink()
+            raise LedgerError(f"{self.path} fails SQLite's check ({verdict}); backup kept as it was")
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, destination)

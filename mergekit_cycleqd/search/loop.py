@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mergekit_cycleqd.errors import RunError
+from mergekit_cycleqd.errors import LedgerError, RunError
 from mergekit_cycleqd.filing.archive import (
     Archive,
     archives_from_ledger,
@@ -159,7 +159,7 @@ class CycleQD:
                 self.executor.close()
             try:
                 self.backup()
-            except (OSError, sqlite3.Error) as error:  # e.g. the disk that stopped the run
+            except (OSError, sqlite3.Error, LedgerError) as error:  # e.g. a full disk
                 log.warning("could not refresh the ledger backup: %s", error)
         if interrupt.requested:
             log.warning("interrupted: every finished child is committed; continue with --resume")
