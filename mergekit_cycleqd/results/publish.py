@@ -206,6 +206,53 @@ def _card_config(config_path: Path, paths: Mapping[str, str]) -> tuple[str | Non
     return yaml.safe_dump(config, sort_keys=False), genome
 
 
+def verify_rebuild(config_path: Path, model_dir: Path) -> None:
+    """Rebuild the model from the YAML its card ships, with mergekit, and compare bit for bit.
+
+    A card whose recipe does not rebuild the uploaded weights would be a false claim, so
+    nothing is uploaded then.
+    """
+    import copy
+    import tempfile
+
+    import torch
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from mergekit_cycleqd.merge.config_check import resolve_relative_paths
+    from mergekit_cycleqd.merge.methods import register_methods
+
+    register_methods()
+    config = resolve_relative_paths(yaml.safe_load(config_path.read_text()), config_path.parent)
+    with tempfile.TemporaryDirectory() as out:
+        run_merge(
+            MergeConfiguration.model_validate(copy.deepcopy(config)),
+            out,
+            options=MergeOptions(copy_tokenizer=False, write_model_card=False, lazy_unpickle=True),
+        )
+        rebuilt, shipped = _folder_tensors(Path(out)), _folder_tensors(model_dir)
+    differing = sorted(
+        n for n in rebuilt.keys() | shipped.keys()
+        if n not in rebuilt or n not in shipped or not torch.equal(rebuilt[n], shipped[n])
+    )
+    if differing:
+        raise PublishError(
+            f"{config_path} does not rebuild the weights in {model_dir} (tensors differ: "
+            f"{', '.join(differing[:3])}{'...' if len(differing) > 3 else ''}); nothing uploaded"
+        )
+
+
+def _folder_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
 def _materialize(run_dir: Path, child_id: int | str, out_dir: Path) -> Path:
     from mergekit_cycleqd.results.run_models import materialize_child
 
@@ -249,7 +296,10 @@ def publish_run(
     for pick in picks:
         record = pick.record
         model_dir = _materialize(run_dir, pick.child_id, staging_dir / "models" / pick.name)
-        yaml_text, genome = _card_config(run_dir / "elites" / f"{record.id}.yml", paths)
+        config_path = run_dir / "elites" / f"{record.id}.yml"
+        yaml_text, genome = _card_config(config_path, paths)
+        if yaml_text is not None:
+            verify_rebuild(config_path, model_dir)
         highlight = record.parents if pick.child_id == "final" else [record.id]
         card = CardInfo(
             base_model=base,
