@@ -6,18 +6,21 @@ mergekit-cycleqd materialize RUN CHILD_ID OUT
 mergekit-cycleqd report RUN
 mergekit-cycleqd similarity BASE A B [...]
 mergekit-cycleqd publish RUN --repo-id ORG/NAME [--final | --elite ID | --archive TASK --top K]
+mergekit-cycleqd recover RUN
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from mergekit_cycleqd.errors import CommandError, UserFacingError
 
-SUBCOMMANDS = ("run", "check", "materialize", "report", "similarity", "publish")
+SUBCOMMANDS = ("run", "check", "materialize", "report", "similarity", "publish", "recover")
 
 
 
@@ -48,6 +51,11 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (overrides search.seed)")
     parser.add_argument(
         "--no-final", action="store_true", help="stop after the search (no final models or report)"
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run generations whose child failed again (failed seeds always are)",
     )
     _add_var_option(parser)
     parser.add_argument(
@@ -101,13 +109,15 @@ def cmd_run(argv: list[str]) -> int:
 
     from mergekit_cycleqd.search.loop import CycleQD
 
-    run = CycleQD(recipe, run_dir, resume=args.resume)
+    run = CycleQD(recipe, run_dir, resume=args.resume, retry_failed=args.retry_failed)
     try:
         summary = run.run()
         print_summary(summary)
         if summary.interrupted:
+            stop = signal.Signals(summary.stop_signal or signal.SIGINT)
+            print(f"Stopped by {stop.name}; every finished child is filed in {run_dir}.")
             print(f"Resume with: mergekit-cycleqd {args.recipe} --out {run_dir} --resume")
-            return 130
+            return 128 + stop.value
         if not args.no_final:
             from mergekit_cycleqd.results.final import finish_run
 
@@ -291,6 +301,48 @@ def _hub_id_arguments(args: argparse.Namespace) -> dict:
         "allow_missing_hub_ids": args.no_hub_ids,
     }
 
+def cmd_recover(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mergekit-cycleqd recover",
+        description=(
+            "Replace a damaged or empty ledger by its last consistent backup "
+            "(RUN/ledger.backup.sqlite); the damaged file is kept beside it. Continue the "
+            "run with --resume afterwards."
+        ),
+    )
+    parser.add_argument("run", type=Path)
+    args = parser.parse_args(argv)
+    from mergekit_cycleqd.filing.recovery import recover_ledger
+    from mergekit_cycleqd.filing.runfolder import RunFolder
+
+    folder = RunFolder(args.run)
+    lock = folder.lock()  # never under a running writer
+    try:
+        kept, count = recover_ledger(folder.ledger_path)
+    finally:
+        lock.release()
+    print(
+        f"{folder.ledger_path}: restored from the backup ({count} models filed); the damaged "
+        f"ledger is kept as {kept.name}. Continue with: mergekit-cycleqd RECIPE --out "
+        f"{args.run} --resume"
+    )
+    return 0
+
+
+def _environment_error(error: OSError) -> str | None:
+    """A one-line message for a failure of the machine (disk full, read-only)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device writing {error.filename or 'the run folder'}. Free "
+            f"space, then continue with --resume; everything filed so far is kept."
+        )
+    if error.errno in (errno.EROFS, errno.EACCES):
+        return (
+            f"cannot write {error.filename or 'the run folder'} ({error.strerror}); use a "
+            f"writable run folder (a read-only run can still be read by report/materialize)."
+        )
+    return None
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -301,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": cmd_report,
         "similarity": cmd_similarity,
         "publish": cmd_publish,
+        "recover": cmd_recover,
     }
     command = commands.get(argv[0]) if argv else None
     if command is not None:
@@ -312,7 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except (ValueError, FileNotFoundError) as error:
+    except OSError as error:
+        message = _environment_error(error)
+        if message is None and command is not cmd_similarity:
+            raise
+        print(f"error: {message or error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
         if command is cmd_similarity:  # its inputs are plain model folders named by the user
             print(f"error: {error}", file=sys.stderr)
             return 1

@@ -73,6 +73,12 @@ class RunFolderError(UserFacingError, RuntimeError):
     exit_code = 2
 
 
+class LedgerError(UserFacingError, RuntimeError):
+    """A run's ledger is empty, damaged or cannot be opened; the message says how to recover."""
+
+    exit_code = 2
+
+
 # -- publishing --------------------------------------------------------------------
 class PublishError(UserFacingError, RuntimeError):
     """Publishing failed; the message says why and what to do, never the token."""

@@ -103,3 +103,18 @@ def test_best_breaks_quality_ties_by_the_other_tasks() -> None:
     archive.offer(2, {"a": 1.0, "b": 0.6, "c": 0.3})
     archive.offer(3, {"a": 0.9, "b": 0.9, "c": 0.9})
     assert archive.best().child_id == 2
+
+
+@pytest.mark.parametrize("older_first", [True, False])
+def test_best_breaks_full_ties_in_favour_of_the_older_elite(older_first: bool) -> None:
+    """Same quality, same mean over the other tasks: the lower id (older) wins.
+
+    The winner is neither the newest child nor (with ``older_first=False``, as Ray may
+    file them) the first one offered.
+    """
+    archive = _archive()
+    older = (4, {"a": 1.0, "b": 0.6, "c": 0.3})
+    newer = (9, {"a": 1.0, "b": 0.3, "c": 0.6})
+    for child_id, scores in [older, newer] if older_first else [newer, older]:
+        assert archive.offer(child_id, scores)  # different cells: both are elites
+    assert archive.best().child_id == 4

@@ -22,7 +22,9 @@ from mergekit_cycleqd.search.loop import CycleQD, RunError, active_task
 from tests.probe_recipe import probe_recipe, write_recipe
 
 register_evaluator("flaky_probe", "tests.flaky_evaluator:FlakyProbe")
-register_evaluator("slow_probe", "tests.flaky_evaluator:SlowProbe")
+register_evaluator("blocking_probe", "tests.run_evaluators:BlockingProbe")
+register_evaluator("gate_probe", "tests.run_evaluators:Gate")
+register_evaluator("nan_safe_probe", "tests.run_evaluators:NanSafeProbe")
 
 
 def _recipe(family, **kwargs):
@@ -140,18 +142,19 @@ def test_failing_children_are_recorded_and_the_run_goes_on(tiny_family, tmp_path
 
 
 def test_a_child_over_its_time_limit_fails_and_the_run_goes_on(tiny_family, tmp_path) -> None:
+    """Children 1 and 3 block until something ends them: only the time limit can."""
     raw = probe_recipe(*tiny_family, generations=4)
-    raw["tasks"][0]["evaluator"] = "slow_probe"
-    raw["search"]["child_timeout_s"] = 1.0
-    started = time.monotonic()
+    raw["tasks"][0]["evaluator"] = "blocking_probe"  # blocks on calls 4 and 6 (seeds: 1-3)
+    raw["search"]["child_timeout_s"] = 0.5
     summary, _, _ = _run(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run")
-    assert time.monotonic() - started < 20  # the 5 s sleeps were cut short
     assert summary.generations_done == 4 and summary.failed == 2
     from mergekit_cycleqd.filing.ledger import Ledger
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
-        errors = [r.error for r in ledger.children(role="child", status="failed")]
-    assert errors == ["ChildTimeout: child exceeded search.child_timeout_s = 1.0 s"] * 2
+        failed = ledger.children(role="child", status="failed")
+    assert [(r.generation, r.error) for r in failed] == [
+        (g, "ChildTimeout: child exceeded search.child_timeout_s = 0.5 s") for g in (1, 3)
+    ]
 
 
 def test_every_seed_failing_stops_with_a_clear_message(tiny_family, tmp_path) -> None:
@@ -165,16 +168,47 @@ def test_every_seed_failing_stops_with_a_clear_message(tiny_family, tmp_path) ->
     run.close()
 
 
+def _expert_with_nan(expert: Path, out: Path) -> str:
+    """A copy of ``expert`` with one NaN in one tensor; returns that tensor's name."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(expert, out)
+    weights = out / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(n for n in sorted(tensors) if n.endswith("mlp.down_proj.weight"))
+    tensors[name] = tensors[name].clone()
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return name
+
+
 def test_nan_weights_fail_the_child(tiny_family, tmp_path) -> None:
-    raw = probe_recipe(*tiny_family, generations=4)
-    raw["search"]["crossover"] = {"mu": 0.0, "sigma": 0.0}  # weights sum to 0: division by zero
-    summary, (children, _), _ = _run(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run")
-    assert summary.failed == 4
+    """An expert holding a NaN: every child bred from it fails, naming the tensor."""
+    base, experts = tiny_family
+    nan_tensor = _expert_with_nan(experts[1], tmp_path / "nan-expert")
+    raw = probe_recipe(base, [experts[0], tmp_path / "nan-expert", experts[2]], generations=12)
+    for task in raw["tasks"]:
+        task["evaluator"] = "nan_safe_probe"  # the seed itself scores, so it becomes a parent
+    raw["search"]["mutation"] = {"kind": "gaussian"}  # weight-space children: crossover sees NaN
+    summary, _, _ = _run(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run")
     from mergekit_cycleqd.filing.ledger import Ledger
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
-        errors = {r.error for r in ledger.children(role="child", status="failed")}
-    assert errors and all(e for e in errors)
+        nan_seed = next(r.id for r in ledger.children(role="seed") if r.name == "seed:t1")
+        children = ledger.children(role="child", status=None)
+    from_nan = [c for c in children if nan_seed in c.parents]
+    assert from_nan and len(from_nan) < len(children)  # both kinds occur
+    for child in children:
+        if nan_seed in child.parents:
+            assert child.status == "failed"
+            assert child.error == (
+                f"NonFiniteError: cycleqd merge: tensor {nan_tensor!r} contains NaN or Inf"
+            )
+        else:
+            assert child.status == "ok", child.error
+    assert summary.failed == len(from_nan)
 
 
 def _kill_script(recipe_path: Path, run_dir: Path, resume: bool) -> list[str]:
@@ -226,34 +260,46 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tiny_family
     assert _ledger_rows(killed) == _ledger_rows(reference)
 
 
-@pytest.mark.slow
-def test_ctrl_c_commits_the_child_in_flight_and_stops(tiny_family, tmp_path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_commits_the_child_in_flight_and_stops(
+    tiny_family, tmp_path, stop
+) -> None:
+    """The signal arrives while generation 3 is being scored; it is filed, nothing after."""
     raw = probe_recipe(*tiny_family, generations=200)
+    raw["tasks"][0]["evaluator"] = "gate_probe"
+    raw["tasks"][0]["options"].update(folder=str(tmp_path), on_call=6)  # seeds 1-3: gen 3
     recipe_path = write_recipe(tmp_path / "recipe.yml", raw)
     run_dir = tmp_path / "run"
+    launcher = (
+        "import sys; from mergekit_cycleqd.evaluate.base import register_evaluator; "
+        "register_evaluator('gate_probe', 'tests.run_evaluators:Gate'); "
+        "from mergekit_cycleqd.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    command = _kill_script(recipe_path, run_dir, False)
     process = subprocess.Popen(
-        _kill_script(recipe_path, run_dir, False),
+        [command[0], "-c", launcher, *command[3:]],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with sqlite3.connect(run_dir / "ledger.sqlite") as db:
-                if (
-                    db.execute("SELECT COUNT(*) FROM children WHERE role='child'").fetchone()[0]
-                    >= 3
-                ):
-                    break
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
-    assert "--resume" in out
+    try:
+        for _ in range(1200):
+            if (tmp_path / "waiting").exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "waiting").exists(), "generation 3 never started"
+        process.send_signal(stop)
+        with sqlite3.connect(run_dir / "ledger.sqlite") as db:
+            (filed,) = db.execute("SELECT COUNT(*) FROM children WHERE role='child'").fetchone()
+        assert filed == 2  # generation 3 is in flight, not filed yet
+        (tmp_path / "go").touch()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + stop, err
+    assert f"Stopped by {stop.name}" in out and "--resume" in out
+    assert "Traceback" not in err
     children, _ = _ledger_rows(run_dir)
-    generations = [c[1] for c in children if c[2] == "child"]
-    assert generations == list(range(1, len(generations) + 1)) and len(generations) < 200
+    assert [(c[1], c[8]) for c in children if c[2] == "child"] == [(1, "ok"), (2, "ok"), (3, "ok")]
     assert not list((run_dir / "children").glob(".tmp-*"))  # nothing half-written

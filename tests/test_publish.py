@@ -275,6 +275,9 @@ def run_folder(tmp_path, model_dirs, monkeypatch):
         return out_dir
 
     monkeypatch.setattr("mergekit_cycleqd.results.publish._materialize", fake_materialize)
+    # these folders are stand-ins that no YAML rebuilds; the rebuild check is tested on a
+    # real run in test_publish_run.py
+    monkeypatch.setattr("mergekit_cycleqd.results.publish.verify_rebuild", lambda *_a: None)
     return run, calls
 
 
@@ -288,7 +291,10 @@ def test_publish_run_archive_top_k_dry_run(run_folder):
     run, calls = run_folder
     # the db archive filled by hand from the ledger rows; its two best scores (random
     # floats: no ties), found by a heap rather than a sort
-    ranked = [i for _, i in heapq.nlargest(2, archives_by_hand(run / "ledger.sqlite")["db"].values())]
+    with Ledger(run / "ledger.sqlite") as ledger:
+        seeds = {r.id for r in ledger.children(role="seed")}  # the experts: never published as merges
+    merges = [e for e in archives_by_hand(run / "ledger.sqlite")["db"].values() if e[1] not in seeds]
+    ranked = [i for _, i in heapq.nlargest(2, merges)]
     with Ledger(run / "ledger.sqlite") as ledger:
         records = [ledger.child(i) for i in ranked]
     assert records[0].scores["db"] > records[1].scores["db"]

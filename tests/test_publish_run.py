@@ -68,8 +68,11 @@ def test_publish_cli_dry_run_top_k(probe_run, capsys) -> None:
     assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "t0", "--top", "2", "--dry-run"]) == 0
     from tests.test_report import archives_by_hand
 
-    # t0's archive filled by hand from the ledger rows; its two best by a heap, not a sort
-    elites = archives_by_hand(probe_run / "ledger.sqlite")["t0"].values()
+    # t0's archive filled by hand from the ledger rows; its two best merges by a heap, not a
+    # sort (seeds are the experts themselves: skipped, never published as merges)
+    with Ledger(probe_run / "ledger.sqlite") as ledger:
+        seeds = {r.id for r in ledger.children(role="seed")}
+    elites = [e for e in archives_by_hand(probe_run / "ledger.sqlite")["t0"].values() if e[1] not in seeds]
     top = [child_id for _, child_id in heapq.nlargest(2, elites)]
     repos = {p.name for p in (probe_run / "publish" / "repos").iterdir()}
     assert repos == {f"elite-{child_id}" for child_id in top}
@@ -160,3 +163,41 @@ def test_hub_ids_added_to_the_recipe_resume_and_reach_the_card(tiny_family, tmp_
     result = publish_run(run_dir, "org/x", {"elite": elite}, dry_run=True)
     card = parse_front_matter((result.models[0].folder / "README.md").read_text())
     assert card["base_model"] == ["org/base", "org/e0", "org/e1", "org/e2"]
+
+
+def test_publish_refuses_a_seed_and_a_repo_id_the_hub_rejects(probe_run, capsys) -> None:
+    with Ledger(probe_run / "ledger.sqlite") as ledger:
+        seed = ledger.children(role="seed")[0]
+    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--elite", str(seed.id), "--dry-run"]) == 1
+    assert f"model {seed.id} is t0 itself (a seed, not a merge)" in capsys.readouterr().err
+    for bad in ("org/a..b", "org/x--y"):
+        staged = probe_run / "publish" / "models"
+        before = sorted(staged.iterdir()) if staged.exists() else []
+        assert main(["publish", str(probe_run), "--repo-id", bad, "--final", "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert f"the Hub would reject the repository id {bad!r}" in err and "re-run" not in err
+        assert (sorted(staged.iterdir()) if staged.exists() else []) == before  # nothing staged
+
+
+def test_publish_refuses_weights_its_yaml_does_not_rebuild(probe_run, monkeypatch, capsys) -> None:
+    """Every publish rebuilds the model from the YAML it ships; a mismatch uploads nothing."""
+    from safetensors.torch import load_file, save_file
+
+    from mergekit_cycleqd.results import publish
+    from mergekit_cycleqd.results.run_models import materialize_child
+
+    def tampered(run_dir, child_id, out_dir):
+        folder = materialize_child(run_dir, child_id, out_dir)
+        tensors = load_file(folder / "model.safetensors")
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name] + 1e-3
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+
+    monkeypatch.setattr(publish, "_materialize", tampered)
+    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--final", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "does not rebuild the weights" in err and "nothing uploaded" in err
+    assert not (probe_run / "publish" / "repos").exists() or not any(
+        (probe_run / "publish" / "repos").iterdir()
+    )

@@ -9,12 +9,17 @@ which is what makes resume after SIGKILL exact.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mergekit_cycleqd.errors import LedgerError
+
+BACKUP_NAME = "ledger.backup.sqlite"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,15 +98,82 @@ _COLUMNS = (
 
 
 class Ledger:
-    """Read/write access to a run's ledger file."""
+    """Read/write access to a run's ledger file.
 
-    def __init__(self, path: Path):
+    ``read_only=None`` opens read-only when the folder is not writable (an archived
+    run): WAL mode would need to create files beside the ledger, so such a folder is
+    opened immutable instead. An empty or damaged file is refused with a message that
+    says how to recover, never silently recreated.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        existed = self.path.exists()
+        if read_only is None:
+            read_only = existed and not os.access(self.path.parent, os.W_OK)
+        self.read_only = read_only
+        if existed and self.path.stat().st_size == 0:
+            raise LedgerError(
+                f"{self.path} is empty (0 bytes): the run's results are gone from it. "
+                + _recovery_hint(self.path)
+            )
+        if not existed and read_only:
+            raise LedgerError(f"{self.path} does not exist; is this a run folder?")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(
+                f"{self.path} is damaged ({error}). " + _recovery_hint(self.path)
+            ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            wal = self.path.with_name(self.path.name + "-wal")
+            # immutable: no -shm/-wal files are created; only sound without a pending WAL
+            flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+            db = sqlite3.connect(f"{self.path.absolute().as_uri()}?{flags}", uri=True)
+        else:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            if not self.read_only:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(SCHEMA)
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+        except sqlite3.OperationalError as error:  # locked, unreadable: not damage
+            db.close()
+            raise LedgerError(f"cannot open {self.path}: {error}") from None
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def backup_into(self, target: sqlite3.Connection) -> None:
+        self._db.backup(target)
+
+    def backup(self, destination: Path) -> Path:
+        """A consistent copy through SQLite's online backup API, renamed into place whole."""
+        destination = Path(destination)
+        temporary = destination.with_name(destination.name + ".tmp")
+        temporary.unlink(missing_ok=True)
+        target = sqlite3.connect(temporary)
+        try:
+            self.backup_into(target)
+            (verdict,) = target.execute("PRAGMA quick_check").fetchone()
+        finally:
+            target.close()
+        if verdict != "ok":  # never replace a good backup by a copy of damage
+            temporary.unlink()
+            raise LedgerError(f"{self.path} fails SQLite's check ({verdict}); backup kept as it was")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, destination)
+        fsync_dir(destination.parent)
+        return destination
 
     def close(self) -> None:
         self._db.close()
@@ -248,17 +320,50 @@ class Ledger:
         return ChildRecord(*values)
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recovery_hint(path: Path) -> str:
+    backup = path.with_name(BACKUP_NAME)
+    if backup.exists():
+        return (
+            f"Restore the last consistent copy ({backup.name}) with: "
+            f"mergekit-cycleqd recover {path.parent} (it keeps the damaged file beside it), "
+            f"then continue with --resume."
+        )
+    return f"No backup ({backup.name}) exists; start a fresh run folder."
 
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, path: Path):
         self.db = db
+        self.path = path
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: object, *_rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, error: BaseException | None, _tb: object) -> None:
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.OperationalError as failure:
+            error = error or failure
+            if not exc_type and self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+            raise LedgerError(
+                f"cannot file into {self.path}: the disk is full ({error}). Free space, then "
+                f"continue with --resume; everything filed before is intact."
+            ) from None
+        if error is not None and not exc_type:
+            raise error

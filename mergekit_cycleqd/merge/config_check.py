@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from mergekit.merge_methods import ParameterScope, get
@@ -112,3 +113,14 @@ def _check_plugin_values(method_name: str, top: Mapping[str, Any]) -> None:
             "parameters.svd_factors is required with mutation: svd "
             "(the SVD cache file of the active task's expert)"
         )
+
+
+def resolve_relative_paths(value: Any, folder: Path) -> Any:
+    """``./`` and ``../`` paths (a run folder's elite YAMLs) are relative to the YAML's folder."""
+    if isinstance(value, dict):
+        return {k: resolve_relative_paths(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_relative_paths(v, folder) for v in value]
+    if isinstance(value, str) and value.startswith(("./", "../")):
+        return str((folder / value).resolve())
+    return value

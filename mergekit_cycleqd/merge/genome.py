@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,7 @@ class Genome:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(tensors, str(path), metadata=metadata)
+        _sort_metadata(path)
         return path
 
     @classmethod
@@ -149,3 +151,22 @@ class Genome:
         rank = None if metadata["rank"] == "full" else int(metadata["rank"])
         d = {key[3:]: value for key, value in tensors.items() if key.startswith("d::")}
         return cls(a=tensors["a"], factor_keys=keys, rank=rank, d=d)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header's metadata keys in sorted order, in place.
+
+    safetensors writes metadata from a hash map, so the same genome saved twice
+    differs in bytes; a resumed run must write files identical to an uninterrupted
+    one. Only the order changes, so the header keeps its length and the data its offsets.
+    """
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+        ordered.update(header)
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # never: same keys and values, another order
+            raise GenomeError(f"{path}: unexpected safetensors header layout")
+        handle.seek(8)
+        handle.write(text.ljust(length, b" "))

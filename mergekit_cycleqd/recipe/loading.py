@@ -19,7 +19,10 @@ from mergekit_cycleqd.recipe.schema import ExpertSpec, MergekitSource, ModelSpec
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    """A value as it appears in an error: whole sections are cut, never dumped."""
+    """A value as it appears in an error: a mapping by its keys, long values cut, never a
+    whole section dumped."""
+    if isinstance(value, dict):
+        return f"a mapping with keys {', '.join(map(str, value))}"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + " ..."
 

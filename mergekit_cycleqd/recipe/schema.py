@@ -98,7 +98,12 @@ class BackendConfig(_Strict):
 class WorkersConfig(_Strict):
     count: Annotated[int, Field(ge=1)] = 1
     executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
+    ray_address: str | None = Field(
+        None, description="an existing Ray cluster (e.g. ray://head:10001); default RAY_ADDRESS"
+    )
+    ray_start_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        300, description="how long to keep trying to start or reach Ray before giving up"
+    )
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1
 

@@ -23,6 +23,7 @@ import yaml
 
 from mergekit_cycleqd.evaluate.base import build_evaluator
 from mergekit_cycleqd.filing.archive import Archive, archives_from_ledger
+from mergekit_cycleqd.filing.atomic import atomic_path, write_text_atomic
 from mergekit_cycleqd.filing.ledger import ChildRecord, ScoreRow
 from mergekit_cycleqd.search.progress import StepProgress
 from mergekit_cycleqd.search.worker import (
@@ -158,6 +159,21 @@ def _baseline_config(method: str, base: Path, experts: list[Path]) -> dict[str, 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def complete_model_folder(folder: Path) -> bool:
+    """A config and every weight file it needs: what resume checks before reusing a folder.
+
+    New folders appear whole (``atomic_path``); this also catches folders left half
+    written by older versions, which are then rebuilt.
+    """
+    if not (folder / "config.json").is_file():
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        return all((folder / shard).is_file() for shard in shards)
+    return (folder / "model.safetensors").is_file()
+
+
 def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
     """Merge with mergekit's own planner into a fresh folder."""
     import copy
@@ -166,23 +182,25 @@ def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    if out_dir.exists() and (out_dir / "config.json").exists():
+    if complete_model_folder(out_dir):
         return out_dir
     from mergekit_cycleqd.merge.config_check import validate_config
 
     validate_config(config)
     text = yaml.safe_dump(config, sort_keys=False)
     # Vision models have no tokenizer; mergekit's default copy would fail on them.
-    tokenizer = any((Path(config["base_model"]) / n).exists() for n in TOKENIZER_FILES)
-    run_merge(
-        MergeConfiguration.model_validate(copy.deepcopy(config)),
-        str(out_dir),
-        options=MergeOptions(
-            copy_tokenizer=tokenizer, write_model_card=False, lazy_unpickle=True, quiet=True
-        ),  # the final step shows its own progress
-        config_source=text,
-    )
-    (out_dir / "mergekit_config.yml").write_text(text, encoding="utf-8")
+    first = config.get("base_model") or config["models"][0]["model"]
+    tokenizer = any((Path(first) / n).exists() for n in TOKENIZER_FILES)
+    with atomic_path(out_dir) as temporary:
+        run_merge(
+            MergeConfiguration.model_validate(copy.deepcopy(config)),
+            str(temporary),
+            options=MergeOptions(
+                copy_tokenizer=tokenizer, write_model_card=False, lazy_unpickle=True, quiet=True
+            ),  # the final step shows its own progress
+            config_source=text,
+        )
+        (temporary / "mergekit_config.yml").write_text(text, encoding="utf-8")
     return out_dir
 
 
@@ -225,6 +243,8 @@ def finish_run(run) -> Results:
                 None,
                 model_path=str(out.relative_to(folder.root)),
             )
+            if not complete_model_folder(out):  # filed, but its folder was damaged since
+                run_baseline_merge(_baseline_config(method, run.base, run.experts), out)
             rows.append((f"{method} (mergekit)", "baseline", record))
             progress.done()
         archives = archives_from_ledger(run.ledger)
@@ -250,8 +270,9 @@ def finish_run(run) -> Results:
             folder.write_elite_config(breeder, final)
             if recipe.final.materialize:
                 out = folder.final_dir / "aggregated"
-                if not (out / "config.json").exists():
-                    breeder.materialize(breeder.load(folder.root / final.model_path), out)
+                if not complete_model_folder(out):
+                    with atomic_path(out) as temporary:
+                        breeder.materialize(breeder.load(folder.root / final.model_path), temporary)
         progress.done()
         progress.add(len(rows))
         results = _score_rows(
@@ -272,8 +293,8 @@ def finish_run(run) -> Results:
                 "matrix": similarity_matrix(run.base, run.experts),
             }
         )
-    (folder.final_dir / "results.json").write_text(json.dumps(results.to_json(), indent=2))
-    (folder.final_dir / "results.md").write_text(results.markdown() + "\n")
+    write_text_atomic(folder.final_dir / "results.json", json.dumps(results.to_json(), indent=2))
+    write_text_atomic(folder.final_dir / "results.md", results.markdown() + "\n")
     return results
 
 

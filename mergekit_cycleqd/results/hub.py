@@ -80,9 +80,19 @@ def repo_ids_for(repo_id: str, names: Sequence[str]) -> list[str]:
             raise PublishError(f"model name {name!r} cannot be part of a Hub repository name")
     if len(set(names)) != len(names):
         raise PublishError(f"model names must be distinct, got {list(names)}")
-    if len(names) == 1:
-        return [repo_id]
-    return [f"{repo_id}-{name}" for name in names]
+    ids = [repo_id] if len(names) == 1 else [f"{repo_id}-{name}" for name in names]
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    for candidate in ids:  # the Hub client's own rule ("a..b", "x--y", length...)
+        try:
+            validate_repo_id(candidate)
+        except HFValidationError as error:
+            raise PublishError(
+                f"--repo-id {repo_id!r}: the Hub would reject the repository id "
+                f"{candidate!r} ({error}); choose another --repo-id. Nothing was written."
+            ) from None
+    return ids
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link weights into the staging folder (no 16 GB copy); copy across devices."""

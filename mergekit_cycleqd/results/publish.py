@@ -117,6 +117,11 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
             raise PublishError(f"the run has no model with id {child_id}") from None
         if record.status != "ok":
             raise PublishError(f"model {child_id} failed during the run ({record.error})")
+        if record.role == "seed":
+            raise PublishError(
+                f"model {child_id} is {record.name.removeprefix('seed:')} itself (a seed, not a "
+                f"merge); it is already published where the recipe took it from"
+            )
         return [_Pick(f"elite-{child_id}", child_id, record)]
     task, top = selection["archive"], int(selection.get("top") or 1)
     if task not in archives:
@@ -126,7 +131,21 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
     elites = sorted(archives[task].elites.values(), key=lambda e: (-e.quality, e.child_id))
     if not elites:
         raise PublishError(f"archive {task!r} is empty")
-    return [_Pick(f"elite-{e.child_id}", e.child_id, ledger.child(e.child_id)) for e in elites[:top]]
+    picks = []
+    for elite in elites:  # seeds are the unmodified expert/base: never republished as merges
+        record = ledger.child(elite.child_id)
+        if record.role == "seed":
+            logger.warning(
+                "skipping model %d of archive %r: it is %s itself (a seed), not a merge",
+                record.id, task, record.name.removeprefix("seed:"),
+            )
+            continue
+        picks.append(_Pick(f"elite-{elite.child_id}", elite.child_id, record))
+        if len(picks) == top:
+            break
+    if not picks:
+        raise PublishError(f"archive {task!r} holds only seeds (the experts themselves)")
+    return picks
 
 
 def _hub_ids(
@@ -243,11 +262,63 @@ def _card_config(config_path: Path, paths: Mapping[str, str]) -> tuple[str | Non
     genome: Path | None = None
     parameters = config.get("parameters")
     if isinstance(parameters, dict) and isinstance(parameters.get("genome"), str):
-        genome = Path(parameters["genome"])
+        genome = (config_path.parent / parameters["genome"]).resolve()  # relative to the YAML
+        if not genome.is_file():  # ship every file the YAML names, or nothing
+            raise PublishError(
+                f"{config_path} names the genome {genome}, which is missing; copy the run "
+                f"folder's children/ back before publishing"
+            )
         parameters["genome"] = f"cycleqd/{genome.name}"
         if "svd_cache" in parameters:
             parameters["svd_cache"] = "svd_cache"
-    return yaml.safe_dump(config, sort_keys=False), genome if genome and genome.is_file() else None
+    return yaml.safe_dump(config, sort_keys=False), genome
+
+
+def verify_rebuild(config_path: Path, model_dir: Path) -> None:
+    """Rebuild the model from the YAML its card ships, with mergekit, and compare bit for bit.
+
+    A card whose recipe does not rebuild the uploaded weights would be a false claim, so
+    nothing is uploaded then.
+    """
+    import copy
+    import tempfile
+
+    import torch
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from mergekit_cycleqd.merge.config_check import resolve_relative_paths
+    from mergekit_cycleqd.merge.methods import register_methods
+
+    register_methods()
+    config = resolve_relative_paths(yaml.safe_load(config_path.read_text()), config_path.parent)
+    with tempfile.TemporaryDirectory() as out:
+        run_merge(
+            MergeConfiguration.model_validate(copy.deepcopy(config)),
+            out,
+            options=MergeOptions(copy_tokenizer=False, write_model_card=False, lazy_unpickle=True),
+        )
+        rebuilt, shipped = _folder_tensors(Path(out)), _folder_tensors(model_dir)
+    differing = sorted(
+        n for n in rebuilt.keys() | shipped.keys()
+        if n not in rebuilt or n not in shipped or not torch.equal(rebuilt[n], shipped[n])
+    )
+    if differing:
+        raise PublishError(
+            f"{config_path} does not rebuild the weights in {model_dir} (tensors differ: "
+            f"{', '.join(differing[:3])}{'...' if len(differing) > 3 else ''}); nothing uploaded"
+        )
+
+
+def _folder_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
 
 
 def _materialize(run_dir: Path, child_id: int | str, out_dir: Path) -> Path:
@@ -302,12 +373,16 @@ def publish_run(
             raise PublishError("give --repo-id ORG/NAME, or --org ORG for ORG/<run>-<model> names")
         repo_id = default_repo_id(run_dir, org, picks[0].name) if len(picks) == 1 else ""
         repo_id = repo_id or default_repo_id(run_dir, org, "").rstrip("-")
+    repo_ids_for(repo_id, [pick.name for pick in picks])  # refuse a bad id before any work
     tasks = list(meta["tasks"])
     items = []
     for pick in picks:
         record = pick.record
         model_dir = _materialize(run_dir, pick.child_id, staging_dir / "models" / pick.name)
-        yaml_text, genome = _card_config(run_dir / "elites" / f"{record.id}.yml", paths)
+        config_path = run_dir / "elites" / f"{record.id}.yml"
+        yaml_text, genome = _card_config(config_path, paths)
+        if yaml_text is not None:
+            verify_rebuild(config_path, model_dir)
         highlight = record.parents if pick.child_id == "final" else [record.id]
         card = CardInfo(
             base_model=base,

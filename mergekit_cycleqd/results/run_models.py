@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mergekit_cycleqd.errors import RunFolderError
 from mergekit_cycleqd.filing.runfolder import RunFolder, model_file
 from mergekit_cycleqd.merge.breeder import Breeder
 from mergekit_cycleqd.recipe.models import resolve_models
@@ -24,6 +25,11 @@ def run_breeder(run_dir: Path, device: str | None = None) -> Breeder:
 def materialize_child(run_dir: Path, child_id: int | str, out_dir: Path) -> Path:
     """Write any model of a run (a child id, or ``"final"``) as a full model folder."""
     path = model_file(run_dir, child_id)
+    if not path.exists():
+        raise RunFolderError(
+            f"model {child_id}'s file {path} is missing from the run folder (deleted, or the "
+            f"folder was copied without children/). Copy it back from the original run folder."
+        )
     breeder = run_breeder(run_dir)
     try:
         return breeder.materialize(breeder.load(path), Path(out_dir))

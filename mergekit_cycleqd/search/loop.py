@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mergekit_cycleqd.errors import RunError
+from mergekit_cycleqd.errors import LedgerError, RunError
 from mergekit_cycleqd.filing.archive import (
     Archive,
     archives_from_ledger,
@@ -26,19 +26,20 @@ from mergekit_cycleqd.filing.archive import (
     offer_to_all,
     paper_range,
 )
-from mergekit_cycleqd.filing.ledger import Ledger
+from mergekit_cycleqd.filing.ledger import BACKUP_NAME, Ledger
 from mergekit_cycleqd.filing.runfolder import RunFolder
 from mergekit_cycleqd.recipe import Recipe, RecipeError
 from mergekit_cycleqd.recipe.models import hub_id, resolve_models
-from mergekit_cycleqd.search.executor import Executor, InProcessExecutor, RayExecutor
+from mergekit_cycleqd.search.executor import Executor, InProcessExecutor
 from mergekit_cycleqd.search.jobs import Job, JobResult
 from mergekit_cycleqd.search.progress import RunProgress, StepProgress
 from mergekit_cycleqd.search.sampling import sample_parents
+from mergekit_cycleqd.search.signals import GracefulStop
 from mergekit_cycleqd.search.worker import Worker
 
 log = logging.getLogger(__name__)
 
-
+BACKUP_EVERY = 10  # filed models between two backups of the ledger
 
 
 @dataclass
@@ -49,29 +50,7 @@ class RunSummary:
     best: dict[str, tuple[int, float]] = field(default_factory=dict)
     coverage: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
-
-
-class _GracefulInterrupt:
-    """First Ctrl-C: finish and commit the children in flight, then stop. Second: abort now."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _GracefulInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, _signum: int, _frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: finishing the children in flight, then stopping (Ctrl-C again aborts)")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+    stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM)
 
 
 def active_task(tasks: list[str], generation: int) -> str:
@@ -82,16 +61,37 @@ def active_task(tasks: list[str], generation: int) -> str:
 class CycleQD:
     """Runs (or resumes) one recipe into one run folder."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False):
+    def __init__(
+        self, recipe: Recipe, run_dir: Path, resume: bool = False, *, retry_failed: bool = False
+    ):
         self.recipe = recipe
+        self.retry_failed = retry_failed
         self.folder = RunFolder(run_dir)
-        self.folder.prepare(recipe, resume=resume)
-        self.ledger = Ledger(self.folder.ledger_path)
-        self.tasks = recipe.task_names
-        self.base, self.experts = self._resolve_models()
-        self._record_meta()
+        self._check_workers()
+        self._lock = self.folder.lock()  # one writer per run folder, for our whole life
+        self.ledger: Ledger | None = None
+        try:
+            self.folder.prepare(recipe, resume=resume)
+            self.ledger = Ledger(self.folder.ledger_path)
+            self.tasks = recipe.task_names
+            self.base, self.experts = self._resolve_models()
+            self._record_meta()
+        except BaseException:
+            self.close()
+            raise
         self.archives: dict[str, Archive] = {}
         self.executor: Executor | None = None
+        self._filed_since_backup = 0
+
+    def _check_workers(self) -> None:
+        workers = self.recipe.workers
+        if workers.executor == "local" and workers.count != 1:
+            raise RunError(
+                f"workers.count = {workers.count} with workers.executor: local: the local "
+                f"executor runs one job at a time in this process. Set workers.executor: ray "
+                f"(pip install ray; it runs {workers.count} workers on this machine or a "
+                f"cluster), or use workers.count: 1 (--workers 1)."
+            )
 
     def _resolve_models(self) -> tuple[Path, list[Path]]:
         if self.recipe.assets is not None:
@@ -125,16 +125,14 @@ class CycleQD:
     def _make_executor(self) -> Executor:
         workers = self.recipe.workers
         if workers.executor == "ray":
+            from mergekit_cycleqd.search.ray_executor import RayExecutor
+
             return RayExecutor(
                 self.recipe,
                 self.folder.root,
                 self.base,
                 self.experts,
                 self.folder.recipe_path.read_text(encoding="utf-8"),
-            )
-        if workers.count != 1:
-            log.warning(
-                "the local executor runs one worker; workers.count=%d ignored", workers.count
             )
         return InProcessExecutor(
             lambda: Worker(self.recipe, self.folder.root, self.base, self.experts)
@@ -144,24 +142,44 @@ class CycleQD:
     def run(self, generations: int | None = None) -> RunSummary:
         """Run seeds and the cycle up to ``generations`` (default: the recipe's)."""
         total = self.recipe.search.generations if generations is None else generations
-        self.executor = self._make_executor()
-        interrupted = False
+        interrupt = GracefulStop()
         try:
-            self._run_seeds()
-            self._fix_ranges()
-            self.archives = archives_from_ledger(self.ledger)
-            self._write_all_elite_configs()
-            interrupted = self._cycle(total)
+            with interrupt:
+                self.executor = self._make_executor()
+                self._run_seeds(interrupt)
+                if not interrupt.requested:
+                    self._fix_ranges()
+                    self.archives = archives_from_ledger(self.ledger)
+                    self._write_all_elite_configs()
+                    self._cycle(total, interrupt)
         except KeyboardInterrupt:
-            interrupted = True
+            interrupt.signal = interrupt.signal or signal.SIGINT
         finally:
-            self.executor.close()
-        if interrupted:
+            if self.executor is not None:
+                self.executor.close()
+            try:
+                self.backup()
+            except (OSError, sqlite3.Error, LedgerError) as error:  # e.g. a full disk
+                log.warning("could not refresh the ledger backup: %s", error)
+        if interrupt.requested:
             log.warning("interrupted: every finished child is committed; continue with --resume")
-        return self.summary(interrupted)
+        return self.summary(interrupt.requested, stop_signal=interrupt.signal)
 
-    def _run_seeds(self) -> None:
-        done = {r.name for r in self.ledger.children(role="seed", status=None)}
+    def backup(self) -> None:
+        """Refresh RUN/ledger.backup.sqlite, a consistent copy for ``mergekit-cycleqd recover``."""
+        self.ledger.backup(self.folder.root / BACKUP_NAME)
+        self._filed_since_backup = 0
+
+    def _run_seeds(self, interrupt: GracefulStop) -> None:
+        """Score every expert (and the base) once; a seed that failed before is tried again.
+
+        A failed seed is not part of the search's history (no child descends from it),
+        so retrying it on resume is safe, and its failure is usually transient (disk
+        full, an evaluator's server down).
+        """
+        seeds = self.ledger.children(role="seed", status=None)
+        done = {r.name for r in seeds if r.ok}
+        failed_before = {r.name: r.error for r in seeds if not r.ok}
         jobs = [
             Job(
                 generation=0,
@@ -180,17 +198,32 @@ class CycleQD:
                     model_stem="children/seed-base",
                     expert_index=None,
                 ))
-        todo = [job for job in jobs if job.name not in done]
-        with StepProgress("seeds", len(todo)) as progress:
-            for job in todo:
-                progress.step(f"scoring {job.name.removeprefix('seed:')}")
-                self.executor.submit(job)
+        pending = [job for job in jobs if job.name not in done]
+        for job in pending:
+            if job.name in failed_before:
+                log.warning(
+                    "%s failed to score before (%s); trying it again", job.name,
+                    failed_before[job.name],
+                )
+        with StepProgress("seeds", len(pending)) as progress:
+            while pending or self.executor.in_flight():
+                while pending and not interrupt.requested and (
+                    self.executor.in_flight() < self.executor.capacity
+                ):
+                    job = pending.pop(0)
+                    progress.step(f"scoring {job.name.removeprefix('seed:')}")
+                    self.executor.submit(job)
+                if not self.executor.in_flight():
+                    return
                 self.tell(self.executor.next_result())
                 progress.done()
-        seeds = self.ledger.children(role="seed", status=None)
-        if not any(s.ok for s in seeds):
-            errors = "; ".join(f"{s.name}: {s.error}" for s in seeds)
-            raise RunError(f"every seed model failed to score, nothing to evolve from: {errors}")
+        latest = {r.name: r for r in self.ledger.children(role="seed", status=None)}
+        if not any(s.ok for s in latest.values()):
+            errors = "; ".join(f"{s.name}: {s.error}" for s in latest.values())
+            raise RunError(
+                f"every seed model failed to score, nothing to evolve from: {errors}. "
+                f"Fix the cause, then continue with --resume (failed seeds are retried)."
+            )
 
     def _fix_ranges(self) -> None:
         """BC ranges: explicit in the recipe, else 85 %/115 % of the experts' scores."""
@@ -206,12 +239,11 @@ class CycleQD:
                 ranges[task.name] = list(paper_range(scores))
         self.ledger.set_meta(bc_ranges=ranges)
 
-    def _cycle(self, total: int) -> bool:
-        """Issue and file children; returns True when stopped by Ctrl-C."""
-        done = {r.generation for r in self.ledger.children(role="child", status=None)}
-        pending = [g for g in range(1, total + 1) if g not in done]
+    def _cycle(self, total: int, interrupt: GracefulStop) -> None:
+        """Issue and file children until ``total`` or a stop signal."""
+        pending = self._pending_generations(total)
         progress = RunProgress(self.tasks, total, initial=total - len(pending))
-        with progress, _GracefulInterrupt() as interrupt:
+        with progress:
             progress.update(self.archives, None)
             while pending or self.executor.in_flight():
                 while (
@@ -225,7 +257,22 @@ class CycleQD:
                 result = self.executor.next_result()
                 self.tell(result)
                 progress.update(self.archives, result)
-        return interrupt.requested
+
+    def _pending_generations(self, total: int) -> list[int]:
+        """Generations without a filed child; failed ones too with ``retry_failed``.
+
+        A failed child is part of the deterministic history (the next children were
+        asked knowing it failed), so it stays failed unless the user asks otherwise.
+        """
+        rows = self.ledger.children(role="child", status=None)
+        ok = {r.generation for r in rows if r.ok}
+        done = ok if self.retry_failed else {r.generation for r in rows}
+        retried = sorted({r.generation for r in rows} - ok) if self.retry_failed else []
+        if retried:
+            log.warning(
+                "--retry-failed: running the failed generation(s) %s again", retried
+            )
+        return [g for g in range(1, total + 1) if g not in done]
 
     def ask(self, generation: int) -> Job:
         """The job for child ``generation``: active task, parents, ω and mutation seed.
@@ -282,6 +329,9 @@ class CycleQD:
                 if offer_to_all(self.archives, record):
                     self.folder.write_elite_config(self._breeder(), record)
         self.ledger.set_file_time(child_id, time.perf_counter() - started)
+        self._filed_since_backup += 1
+        if self._filed_since_backup >= BACKUP_EVERY:
+            self.backup()
 
     def _breeder(self):
         worker = getattr(self.executor, "worker", None)
@@ -299,8 +349,11 @@ class CycleQD:
             if not self.folder.elite_config_path(child_id).exists():
                 self.folder.write_elite_config(self._breeder(), self.ledger.child(child_id))
 
-    def summary(self, interrupted: bool = False) -> RunSummary:
+    def summary(self, interrupted: bool = False, *, stop_signal: int | None = None) -> RunSummary:
         archives = self.archives or archives_from_ledger(self.ledger)
+        rows = self.ledger.children(role="child", status=None)
+        generations = {r.generation for r in rows}
+        ok = {r.generation for r in rows if r.ok}
         best = {}
         for task, archive in archives.items():
             elite = archive.best()
@@ -308,15 +361,20 @@ class CycleQD:
                 best[task] = (elite.child_id, elite.quality)
         return RunSummary(
             run_dir=self.folder.root,
-            generations_done=len(self.ledger.children(role="child", status=None)),
-            failed=len(self.ledger.children(role="child", status="failed")),
+            generations_done=len(generations),
+            failed=len(generations - ok),
             best=best,
             coverage={t: a.coverage() for t, a in archives.items()},
             interrupted=interrupted,
+            stop_signal=stop_signal,
         )
 
     def close(self) -> None:
-        self.ledger.close()
+        """Close the ledger and let go of the run folder's lock."""
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+        self._lock.release()
 
 
 __all__ = ["CycleQD", "RunError", "RunSummary", "RecipeError", "active_task"]

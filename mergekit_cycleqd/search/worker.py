@@ -8,10 +8,10 @@ result, so the run goes on.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -21,12 +21,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mergekit_cycleqd.errors import RunError
 from mergekit_cycleqd.evaluate.base import Evaluator, ModelBackend, TaskResult, build_evaluator
+from mergekit_cycleqd.filing.atomic import publish_path, temporary_sibling
 from mergekit_cycleqd.filing.ledger import ScoreRow
 from mergekit_cycleqd.recipe import Recipe
 from mergekit_cycleqd.search.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
+
+# Failures of the machine, not of the child: filing them as failed children would make
+# a transient condition part of the run's history.
+_NOT_THE_CHILDS_FAULT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class ChildTimeout(Exception):
@@ -116,20 +122,16 @@ def score_model(
 
 
 def save_atomically(breeder: Any, child: Any, run_dir: Path, stem: str) -> str:
-    """Write the child's model file via a temporary name, then rename into place.
+    """Write the child's model file via a temporary name, fsync, then rename into place.
 
     A SIGKILL mid-write leaves only a ``.tmp-`` file, never a truncated model
     under the final name. Returns the run-relative path.
     """
     final_stem = run_dir / stem
     final_stem.parent.mkdir(parents=True, exist_ok=True)
-    temporary = breeder.save(child, final_stem.parent / (".tmp-" + final_stem.name))
+    temporary = breeder.save(child, temporary_sibling(final_stem))
     final = temporary.parent / temporary.name.removeprefix(".tmp-")
-    if final.is_dir():
-        shutil.rmtree(final)
-    elif final.exists():
-        final.unlink()
-    os.replace(temporary, final)
+    publish_path(temporary, final)
     return str(final.relative_to(run_dir))
 
 
@@ -157,22 +159,38 @@ class Worker:
                 )
         except KeyboardInterrupt:
             raise
+        except OSError as error:
+            if error.errno in _NOT_THE_CHILDS_FAULT:  # the run stops; --resume redoes the job
+                raise RunError(
+                    f"{job.name}: cannot write {error.filename or 'to the run or cache folder'} "
+                    f"({error.strerror}). Free space (or make it writable), then continue "
+                    f"with --resume; nothing filed is lost."
+                ) from None
+            return self._failed(job, error, started, merge_s)
+        except SystemExit as error:  # an evaluator that exits must not end the run
+            return self._failed(job, f"the evaluator called sys.exit({error.code!r})", started,
+                                merge_s)
         except Exception as error:  # any failure of one child must not stop the run
-            reason = f"{type(error).__name__}: {error}"
-            log.warning("%s failed: %s", job.name, reason)
-            log.debug("%s", traceback.format_exc())
-            return JobResult(
-                job,
-                "failed",
-                error=reason,
-                merge_s=merge_s,
-                eval_s=time.perf_counter() - started - merge_s,
-            )
+            return self._failed(job, error, started, merge_s)
         return JobResult(
             job,
             "ok",
             model_path=model_path,
             scores=scores,
+            merge_s=merge_s,
+            eval_s=time.perf_counter() - started - merge_s,
+        )
+
+    def _failed(
+        self, job: Job, error: BaseException | str, started: float, merge_s: float
+    ) -> JobResult:
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        log.warning("%s failed: %s", job.name, reason)
+        log.debug("%s", traceback.format_exc())
+        return JobResult(
+            job,
+            "failed",
+            error=reason,
             merge_s=merge_s,
             eval_s=time.perf_counter() - started - merge_s,
         )
