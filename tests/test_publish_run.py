@@ -125,7 +125,7 @@ def test_no_hub_ids_writes_a_card_naming_the_models_locally(plain_run) -> None:
 
 
 def test_hub_ids_declared_by_the_model_folders_are_used(tmp_path) -> None:
-    from mergekit_cycleqd.results.publish import _declared_hub_id
+    from mergekit_cycleqd.results.hub_ids import _declared_hub_id
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "config.json").write_text('{"_name_or_path": "meta-llama/Llama-3-8B"}')

@@ -15,16 +15,19 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from mergekit_cycleqd.evaluate.base import build_evaluator
 from mergekit_cycleqd.filing.archive import Archive, archives_from_ledger
 from mergekit_cycleqd.filing.atomic import atomic_path, write_text_atomic
 from mergekit_cycleqd.filing.ledger import ChildRecord, ScoreRow
+from mergekit_cycleqd.results.baselines import (
+    baseline_config,
+    complete_model_folder,
+    run_baseline_merge,
+)
 from mergekit_cycleqd.search.progress import StepProgress
 from mergekit_cycleqd.search.worker import (
     build_split_evaluators,
@@ -135,73 +138,12 @@ def aggregation_parents(
     return records, softmax_weights(qualities, temperature)
 
 
-def _baseline_config(method: str, base: Path, experts: list[Path]) -> dict[str, Any]:
-    k = len(experts)
-    if method in ("ties", "dare_ties"):
-        parameters = {"weight": 1.0, "density": 0.5}
-        global_parameters = {"normalize": True}
-    else:  # task_arithmetic, linear: the average of the experts
-        parameters = {"weight": 1.0 / k}
-        global_parameters = {"normalize": False} if method == "task_arithmetic" else {}
-    config: dict[str, Any] = {
-        "merge_method": method,
-        "models": [{"model": str(e), "parameters": dict(parameters)} for e in experts],
-        "dtype": "float32",
-    }
-    if method != "linear":
-        config["base_model"] = str(base)
-        config["parameters"] = global_parameters
-    else:
-        config["models"].append({"model": str(base), "parameters": {"weight": 0.0}})
-    return config
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def complete_model_folder(folder: Path) -> bool:
-    """A config and every weight file it needs: what resume checks before reusing a folder.
-
-    New folders appear whole (``atomic_path``); this also catches folders left half
-    written by older versions, which are then rebuilt.
-    """
-    if not (folder / "config.json").is_file():
-        return False
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        return all((folder / shard).is_file() for shard in shards)
-    return (folder / "model.safetensors").is_file()
 
 
-def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
-    """Merge with mergekit's own planner into a fresh folder."""
-    import copy
-
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    if complete_model_folder(out_dir):
-        return out_dir
-    from mergekit_cycleqd.merge.config_check import validate_config
-
-    validate_config(config)
-    text = yaml.safe_dump(config, sort_keys=False)
-    # Vision models have no tokenizer; mergekit's default copy would fail on them.
-    first = config.get("base_model") or config["models"][0]["model"]
-    tokenizer = any((Path(first) / n).exists() for n in TOKENIZER_FILES)
-    with atomic_path(out_dir) as temporary:
-        run_merge(
-            MergeConfiguration.model_validate(copy.deepcopy(config)),
-            str(temporary),
-            options=MergeOptions(
-                copy_tokenizer=tokenizer, write_model_card=False, lazy_unpickle=True, quiet=True
-            ),  # the final step shows its own progress
-            config_source=text,
-        )
-        (temporary / "mergekit_config.yml").write_text(text, encoding="utf-8")
-    return out_dir
 
 
 def finish_run(run) -> Results:
@@ -238,13 +180,13 @@ def finish_run(run) -> Results:
                 method,
                 "baseline",
                 lambda m=method, o=out: breeder.load(
-                    run_baseline_merge(_baseline_config(m, run.base, run.experts), o)
+                    run_baseline_merge(baseline_config(m, run.base, run.experts), o)
                 ),
                 None,
                 model_path=str(out.relative_to(folder.root)),
             )
             if not complete_model_folder(out):  # filed, but its folder was damaged since
-                run_baseline_merge(_baseline_config(method, run.base, run.experts), out)
+                run_baseline_merge(baseline_config(method, run.base, run.experts), out)
             rows.append((f"{method} (mergekit)", "baseline", record))
             progress.done()
         archives = archives_from_ledger(run.ledger)
