@@ -26,7 +26,6 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-
 _COMPILED: dict[str, Any] = {}  # template source -> compiled jinja template, per process
 
 
