@@ -8,14 +8,18 @@ random Llama (~100M parameters by default), a base and three experts:
 - an in-memory linear merge of base + experts (mergekit ``merge_state_dicts``);
 - mergekit ``run_merge`` of the same linear merge to disk;
 - ``save_pretrained`` + ``from_pretrained`` (what a child costs without in-place swaps);
-- building the SVD cache (full and rank r), and genome bytes vs model bytes.
+- building the SVD cache (full and rank r), and genome bytes vs model bytes;
+- the memory-bandwidth limit of the swap: the bytes it must move (base and experts
+  read, the model written, the factors read) at the memcpy bandwidth measured in the
+  same run, with the same thread count.
 
-    python benchmarks/bench_materialize.py --rank 16 --repeats 3
+    python benchmarks/bench_materialize.py --rank 16 --repeats 3 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -33,6 +37,45 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _thread_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median CPU seconds of this thread: with 1 torch thread, the time the work itself
+    took even when a loaded machine keeps the process waiting (wall time counts that)."""
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        fn()
+        times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
+def memcpy_bandwidth(*, mebibytes: int = 256, repeats: int = 5) -> tuple[float, float]:
+    """Bytes per wall second and per CPU second of one ``copy_`` between two large
+    fp32 buffers (read + write)."""
+    source = torch.rand(mebibytes << 18)
+    target = torch.empty_like(source)
+    target.copy_(source)  # fault the pages in first
+    moved = 2 * source.numel() * source.element_size()
+    wall = _timed(lambda: target.copy_(source), repeats)
+    return moved / wall, moved / _thread_seconds(lambda: target.copy_(source), repeats)
+
+
+def swap_bytes(breeder, child, resident) -> int:
+    """What a genome swap must move: every input tensor read, every parameter written,
+    every SVD factor the genome uses read."""
+    models = breeder.models
+    total = 0
+    for target in resident.state_dict().values():
+        inputs = 1 + len(models.experts)
+        total += (inputs + 1) * target.numel() * target.element_size()
+    factors = breeder.weights(child).factors
+    for name, block in child.genome.d.items():
+        for k in range(block.shape[0]):
+            if bool(block[k].any()):
+                u, _, vh = factors.triple(k, name)
+                total += (u.numel() + vh.numel()) * 4
+    return total
 
 
 def _build_family(root: Path, hidden: int, layers: int, vocab: int, inter: int):
@@ -76,7 +119,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-full-rank", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a worker's count)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
@@ -123,7 +168,28 @@ def main() -> None:
             )
         )
         seconds = _timed(lambda b=breeder, c=child: b.weights(c).copy_into(resident), args.repeats)
+        moved = swap_bytes(breeder, child, resident)
+        bandwidth, cpu_bandwidth = memcpy_bandwidth(repeats=args.repeats)
+        limit = moved / bandwidth
         rows.append((f"genome -> weights in resident model (in place), {label}", seconds, ""))
+        rows.append(
+            (
+                f"memory-bandwidth limit of that swap, {label}",
+                limit,
+                f"{moved / 1e9:.2f} GB at memcpy {bandwidth / 1e9:.1f} GB/s; "
+                f"swap / limit = {seconds / limit:.2f} (target <= 1.5)",
+            )
+        )
+        if torch.get_num_threads() == 1:
+            cpu = _thread_seconds(lambda b=breeder, c=child: b.weights(c).copy_into(resident), args.repeats)
+            rows.append(
+                (
+                    f"same swap and limit in CPU seconds of the thread, {label}",
+                    cpu,
+                    f"limit {moved / cpu_bandwidth:.3f} s at memcpy {cpu_bandwidth / 1e9:.1f} GB/s; "
+                    f"swap / limit = {cpu * cpu_bandwidth / moved:.2f} (target <= 1.5)",
+                )
+            )
 
     # in-memory linear merge of base + 3 experts (the speed reference)
     models = [SafetensorsModel(p) for p in (base, *experts)]
@@ -173,7 +239,7 @@ def main() -> None:
     print(
         f"\nModel: random Llama, {n_params / 1e6:.1f}M parameters, fp32, "
         f"{model_bytes / 2**20:.0f} MiB; {torch.get_num_threads()} torch threads; "
-        f"median of {args.repeats}\n"
+        f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
     )
     print("| measurement | seconds | note |\n|---|---:|---|")
     for label, seconds, note in rows:
