@@ -39,26 +39,13 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _thread_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median CPU seconds of this thread: with 1 torch thread, the time the work itself
-    took even when a loaded machine keeps the process waiting (wall time counts that)."""
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
-
-
-def memcpy_bandwidth(*, mebibytes: int = 256, repeats: int = 5) -> tuple[float, float]:
-    """Bytes per wall second and per CPU second of one ``copy_`` between two large
-    fp32 buffers (read + write)."""
+def memcpy_bandwidth(*, mebibytes: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of one ``copy_`` between two large fp32 buffers (read + write)."""
     source = torch.rand(mebibytes << 18)
     target = torch.empty_like(source)
     target.copy_(source)  # fault the pages in first
     moved = 2 * source.numel() * source.element_size()
-    wall = _timed(lambda: target.copy_(source), repeats)
-    return moved / wall, moved / _thread_seconds(lambda: target.copy_(source), repeats)
+    return moved / _timed(lambda: target.copy_(source), repeats)
 
 
 def swap_bytes(breeder, child, resident) -> int:
@@ -169,7 +156,7 @@ def main() -> None:
         )
         seconds = _timed(lambda b=breeder, c=child: b.weights(c).copy_into(resident), args.repeats)
         moved = swap_bytes(breeder, child, resident)
-        bandwidth, cpu_bandwidth = memcpy_bandwidth(repeats=args.repeats)
+        bandwidth = memcpy_bandwidth(repeats=args.repeats)
         limit = moved / bandwidth
         rows.append((f"genome -> weights in resident model (in place), {label}", seconds, ""))
         rows.append(
@@ -180,16 +167,6 @@ def main() -> None:
                 f"swap / limit = {seconds / limit:.2f} (target <= 1.5)",
             )
         )
-        if torch.get_num_threads() == 1:
-            cpu = _thread_seconds(lambda b=breeder, c=child: b.weights(c).copy_into(resident), args.repeats)
-            rows.append(
-                (
-                    f"same swap and limit in CPU seconds of the thread, {label}",
-                    cpu,
-                    f"limit {moved / cpu_bandwidth:.3f} s at memcpy {cpu_bandwidth / 1e9:.1f} GB/s; "
-                    f"swap / limit = {cpu * cpu_bandwidth / moved:.2f} (target <= 1.5)",
-                )
-            )
 
     # in-memory linear merge of base + 3 experts (the speed reference)
     models = [SafetensorsModel(p) for p in (base, *experts)]
