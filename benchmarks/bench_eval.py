@@ -5,8 +5,9 @@ transformers model of the recipe's backend, and the optimisation split of every
 task, for several children (the base and the experts swapped in in turn):
 
 - ``adapter``: the lm-eval evaluator as the search runs it (tasks prepared once);
-- ``simple_evaluate``: a plain ``lm_eval.simple_evaluate`` per child and task (how
-  children were scored before the tasks were prepared once);
+- ``simple_evaluate``: a plain ``lm_eval.simple_evaluate`` per child and task, with
+  the same logging and environment-report patches (how children were scored before
+  the tasks were prepared once);
 - ``bare generate``: one batched greedy ``model.generate`` over the same prompts,
   same batch size, same token budget and stop strings, no lm-eval at all.
 
@@ -60,8 +61,10 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
+    from mergekit_cycleqd.evaluate.lm_eval_adapter import _no_env_report, _quiet_lm_eval
     from mergekit_cycleqd.merge.weights import StateDictWeights
     from mergekit_cycleqd.recipe import load_recipe
+    from mergekit_cycleqd.recipe.models import resolve_models
     from mergekit_cycleqd.search.worker import build_split_evaluators
 
     os.chdir(ROOT)  # the toy recipe's asset folder is relative
@@ -71,9 +74,10 @@ def main() -> None:
     if recipe.assets is not None:
         build_assets(recipe.assets)
     options = {k: v for k, v in recipe.backend.options.items() if k != "threads"}
-    backend = TransformersBackend(recipe.base_model, **options)
+    base, experts = resolve_models(recipe)
+    backend = TransformersBackend(base, **options)
     evaluators = build_split_evaluators(recipe, "opt")
-    models = [recipe.base_model, *(e.path for e in recipe.experts)]
+    models = [base, *experts]
     weights = [StateDictWeights(load_file(Path(m) / "model.safetensors")) for m in models]
     lm = backend.lm_eval_model()
     for evaluator in evaluators.values():  # prepare once (the first child of a worker)
@@ -97,14 +101,15 @@ def main() -> None:
         start = time.perf_counter()
         for evaluator in evaluators.values():
             opts = evaluator.options
-            lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[opts.task],
-                task_manager=evaluator.task_manager(),
-                bootstrap_iters=0,
-                log_samples=opts.log_samples,
-                fewshot_random_seed=opts.fewshot_seed,
-            )
+            with _quiet_lm_eval(), _no_env_report():  # as the adapter did before
+                lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=[opts.task],
+                    task_manager=evaluator.task_manager(),
+                    bootstrap_iters=0,
+                    log_samples=opts.log_samples,
+                    fewshot_random_seed=opts.fewshot_seed,
+                )
         times["simple_evaluate"].append(time.perf_counter() - start)
         start = time.perf_counter()
         for texts, max_new, stops in prompts.values():
