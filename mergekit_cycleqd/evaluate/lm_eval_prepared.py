@@ -13,7 +13,8 @@ between children, so here that work is done once:
   calls only clear the previous child's responses and keep the requests, so the
   model runs, then lm-eval's filters, metrics and aggregation score as usual;
 - inside the call, ``lm_eval.utils.apply_template`` compiles each distinct
-  template once (rendering is unchanged, so every string is identical).
+  template once (rendering is unchanged, so every string is identical), and each
+  document's target and choices are rendered once (``_per_document``).
 
 Answers are never reused: each call clears every request's responses before the
 model runs (lm-eval's request cache, which keys on the request only, stays off).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,12 +62,38 @@ def run_prepared(lm: Any, loaded: dict[str, Any], **evaluate_kwargs: Any) -> dic
     """
     from lm_eval.evaluator import evaluate
 
+    for task in loaded["tasks"].values():
+        for attribute in ("doc_to_target", "doc_to_choice"):
+            if attribute not in vars(task):
+                setattr(task, attribute, _per_document(getattr(task, attribute)))
     with _compiled_templates():
         results = evaluate(lm=lm, task_dict=loaded, **evaluate_kwargs)
     for task in loaded["tasks"].values():
         if "build_all_requests" not in vars(task):
             task.build_all_requests = functools.partial(_clear_responses, task)
     return results
+
+
+def _per_document(method: Any) -> Any:
+    """``method(doc)`` computed once per distinct document, then looked up.
+
+    Scoring calls ``doc_to_target`` (and ``doc_to_choice``) for every document,
+    twice with sample logging, and each call renders a template; the answer depends
+    on the document only. Calls with an explicit template (few-shot configs) pass
+    through. Lists are copied so that no caller can change the kept answer.
+    """
+    kept: dict[str, Any] = {}
+
+    def per_document(doc: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return method(doc, *args, **kwargs)
+        key = json.dumps(doc, sort_keys=True, default=repr)
+        if key not in kept:
+            kept[key] = method(doc)
+        value = kept[key]
+        return list(value) if isinstance(value, list) else value
+
+    return per_document
 
 
 def _clear_responses(task: Any, **_build_arguments: Any) -> None:
