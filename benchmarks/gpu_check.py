@@ -40,6 +40,8 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the checkout's package, installed or not
+    sys.path.insert(0, str(ROOT))
 LLAMA_1B = dict(  # TinyLlama-1.1B's shape
     hidden_size=2048,
     intermediate_size=5632,
@@ -248,12 +250,20 @@ def part_toy(work: Path, device: torch.device, seconds: float, generations: int)
     return out
 
 
-def run_part(report: dict, name: str, budget_s: float, fn: Callable[[float], dict]) -> None:
-    """Run one part; record its result, its time, or its error. Never raises."""
+def run_part(
+    report: dict, name: str, budget_s: float, fn: Callable[[float], dict], *, end: float
+) -> None:
+    """Run one part until ``min(now + budget_s, end)``; record its result, time or error.
+    Never raises."""
     start = time.perf_counter()
-    entry: dict[str, Any] = {"budget_s": budget_s}
+    deadline = min(start + budget_s, end)
+    entry: dict[str, Any] = {"budget_s": round(deadline - start, 1)}
+    if deadline - start < 5:
+        entry.update(status="skipped", error="no time left in --total", seconds=0.0)
+        report["parts"][name] = entry
+        return
     try:
-        entry["result"] = fn(start + budget_s)
+        entry["result"] = fn(deadline)
         entry["status"] = "ok"
     except Exception as error:  # each part must not stop the others
         entry["status"] = "budget" if isinstance(error, Budget) else "error"
@@ -294,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="family,svd,swap,toy")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--toy-generations", type=int, default=30)
-    parser.add_argument("--budgets", default="family=90,svd=150,swap=90,toy=150",
+    parser.add_argument("--budgets", default="family=75,svd=120,swap=90,toy=135",
                         help="seconds per part")  # fmt: skip
+    parser.add_argument("--total", type=float, default=450, help="seconds for all parts together")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     device = torch.device(args.device)
@@ -303,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(","))}
+    end = time.perf_counter() + args.total
     parts = args.parts.split(",")
     shape = LLAMA_TINY if args.tiny else LLAMA_1B
     report: dict[str, Any] = {
@@ -318,14 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     if "family" in parts:
         shutil.rmtree(family, ignore_errors=True)
         family.mkdir(parents=True)
-        run_part(report, "family", budgets["family"], lambda d: build_family(family, device, shape, d))
+        run_part(report, "family", budgets["family"], lambda d: build_family(family, device, shape, d), end=end)
     if "svd" in parts:
-        run_part(report, "svd", budgets["svd"], lambda d: part_svd(family, device, d))
+        run_part(report, "svd", budgets["svd"], lambda d: part_svd(family, device, d), end=end)
     if "swap" in parts:
-        run_part(report, "swap", budgets["swap"], lambda d: part_swap(family, device, d, args.repeats))
+        run_part(report, "swap", budgets["swap"], lambda d: part_swap(family, device, d, args.repeats), end=end)
     if "toy" in parts:
         run_part(report, "toy", budgets["toy"],
-                 lambda d: part_toy(work, device, d - time.perf_counter(), args.toy_generations))  # fmt: skip
+                 lambda d: part_toy(work, device, d - time.perf_counter(), args.toy_generations), end=end)  # fmt: skip
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     (args.out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
