@@ -6,8 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
@@ -18,7 +16,6 @@ def _gpu_check():
     return module
 
 
-@pytest.mark.slow
 def test_dry_run_on_cpu_records_every_part(tmp_path):
     out = tmp_path / "out"
     code = _gpu_check().main(
