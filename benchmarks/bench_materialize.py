@@ -19,6 +19,7 @@ random Llama (~100M parameters by default), a base and three experts:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -118,6 +119,7 @@ def main() -> None:
 
     import mergekit_cycleqd  # noqa: F401
     from mergekit_cycleqd.merge.breeder import Breeder
+    from mergekit_cycleqd.merge.materialize import GenomeWeights
     from mergekit_cycleqd.merge.modelset import SafetensorsModel
     from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 
@@ -166,6 +168,14 @@ def main() -> None:
         limit = statistics.median(lim for _, lim in pairs)
         ratio = statistics.median(s / lim for s, lim in pairs)
         rows.append((f"genome -> weights in resident model (in place), {label}", seconds, ""))
+        linear_only = GenomeWeights(dataclasses.replace(child.genome, d={}), breeder.models, None)
+        rows.append(
+            (
+                f"  of which the linear part (same child, SVD coefficients removed), {label}",
+                _timed(lambda w=linear_only: w.copy_into(resident), args.repeats),
+                "the rest is the low-rank GEMM: 2 * params * sum of ranks flops",
+            )
+        )
         rows.append(
             (
                 f"memory-bandwidth limit of that swap, {label}",
