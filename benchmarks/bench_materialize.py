@@ -8,14 +8,19 @@ random Llama (~100M parameters by default), a base and three experts:
 - an in-memory linear merge of base + experts (mergekit ``merge_state_dicts``);
 - mergekit ``run_merge`` of the same linear merge to disk;
 - ``save_pretrained`` + ``from_pretrained`` (what a child costs without in-place swaps);
-- building the SVD cache (full and rank r), and genome bytes vs model bytes.
+- building the SVD cache (full and rank r), and genome bytes vs model bytes;
+- the memory-bandwidth limit of the swap: the bytes it must move (base and experts
+  read, the model written, the factors read) at the memcpy bandwidth measured in the
+  same run, with the same thread count.
 
-    python benchmarks/bench_materialize.py --rank 16 --repeats 3
+    python benchmarks/bench_materialize.py --rank 16 --repeats 3 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import shutil
 import statistics
 import tempfile
@@ -33,6 +38,32 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def memcpy_bandwidth(*, mebibytes: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of one ``copy_`` between two large fp32 buffers (read + write)."""
+    source = torch.rand(mebibytes << 18)
+    target = torch.empty_like(source)
+    target.copy_(source)  # fault the pages in first
+    moved = 2 * source.numel() * source.element_size()
+    return moved / _timed(lambda: target.copy_(source), repeats)
+
+
+def swap_bytes(breeder, child, resident) -> int:
+    """What a genome swap must move: every input tensor read, every parameter written,
+    every SVD factor the genome uses read."""
+    models = breeder.models
+    total = 0
+    for target in resident.state_dict().values():
+        inputs = 1 + len(models.experts)
+        total += (inputs + 1) * target.numel() * target.element_size()
+    factors = breeder.weights(child).factors
+    for name, block in child.genome.d.items():
+        for k in range(block.shape[0]):
+            if bool(block[k].any()):
+                u, _, vh = factors.triple(k, name)
+                total += (u.numel() + vh.numel()) * 4
+    return total
 
 
 def _build_family(root: Path, hidden: int, layers: int, vocab: int, inter: int):
@@ -76,7 +107,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-full-rank", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a worker's count)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
@@ -86,6 +119,7 @@ def main() -> None:
 
     import mergekit_cycleqd  # noqa: F401
     from mergekit_cycleqd.merge.breeder import Breeder
+    from mergekit_cycleqd.merge.materialize import GenomeWeights
     from mergekit_cycleqd.merge.modelset import SafetensorsModel
     from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 
@@ -122,8 +156,34 @@ def main() -> None:
                 f"{size:,} B / {model_bytes:,} B = {size / model_bytes:.4%}",
             )
         )
-        seconds = _timed(lambda b=breeder, c=child: b.weights(c).copy_into(resident), args.repeats)
+        moved = swap_bytes(breeder, child, resident)
+        # memcpy and swap alternate, so that both see the same machine load; the ratio
+        # is the median of the pairs' ratios
+        pairs = []
+        for _ in range(args.repeats):
+            bandwidth = memcpy_bandwidth(repeats=1)
+            swap = _timed(lambda b=breeder, c=child: b.weights(c).copy_into(resident), 1)
+            pairs.append((swap, moved / bandwidth))
+        seconds = statistics.median(s for s, _ in pairs)
+        limit = statistics.median(lim for _, lim in pairs)
+        ratio = statistics.median(s / lim for s, lim in pairs)
         rows.append((f"genome -> weights in resident model (in place), {label}", seconds, ""))
+        linear_only = GenomeWeights(dataclasses.replace(child.genome, d={}), breeder.models, None)
+        rows.append(
+            (
+                f"  of which the linear part (same child, SVD coefficients removed), {label}",
+                _timed(lambda w=linear_only: w.copy_into(resident), args.repeats),
+                "the rest is the low-rank GEMM: 2 * params * sum of ranks flops",
+            )
+        )
+        rows.append(
+            (
+                f"memory-bandwidth limit of that swap, {label}",
+                limit,
+                f"{moved / 1e9:.2f} GB at memcpy {moved / limit / 1e9:.1f} GB/s; "
+                f"swap / limit = {ratio:.2f} (median of {args.repeats} adjacent pairs; target <= 1.5)",
+            )
+        )
 
     # in-memory linear merge of base + 3 experts (the speed reference)
     models = [SafetensorsModel(p) for p in (base, *experts)]
@@ -173,7 +233,7 @@ def main() -> None:
     print(
         f"\nModel: random Llama, {n_params / 1e6:.1f}M parameters, fp32, "
         f"{model_bytes / 2**20:.0f} MiB; {torch.get_num_threads()} torch threads; "
-        f"median of {args.repeats}\n"
+        f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
     )
     print("| measurement | seconds | note |\n|---|---:|---|")
     for label, seconds, note in rows:

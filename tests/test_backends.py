@@ -145,3 +145,53 @@ def test_close_releases_the_model(family):
     backend.lm_eval_model()
     backend.close()
     assert backend.model is None and backend._lm is None
+
+
+# ------------------------------------------------------------------ threads
+def test_threads_default_to_cores_divided_by_local_workers(monkeypatch):
+    from types import SimpleNamespace
+
+    from mergekit_cycleqd.evaluate.backends import threads
+    from mergekit_cycleqd.search.worker import set_worker_threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 6)
+    assert threads.choose_threads(None) == 6
+    assert threads.choose_threads(None, local_workers=4) == 1  # 6 // 4
+    assert threads.choose_threads(None, local_workers=8) == 1  # never 0
+    assert threads.choose_threads(3, local_workers=8) == 3  # the recipe's choice wins
+    before = torch.get_num_threads()
+    try:
+        for executor, count, address, options, expected in [
+            ("local", 1, None, {}, 6),
+            ("ray", 3, None, {}, 2),  # three actors on this machine share its cores
+            ("ray", 3, "ray://cluster:10001", {}, 6),  # remote actors: not sharing ours
+            ("ray", 3, None, {"threads": 1}, 1),
+        ]:
+            recipe = SimpleNamespace(
+                workers=SimpleNamespace(executor=executor, count=count, ray_address=address),
+                backend=SimpleNamespace(options=options),
+            )
+            assert set_worker_threads(recipe) == expected
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_bad_thread_counts_are_named(bad):
+    from mergekit_cycleqd.errors import RecipeError
+    from mergekit_cycleqd.evaluate.backends.threads import choose_threads
+
+    with pytest.raises(RecipeError, match=r"backend.options.threads: .*\(got " + repr(bad).replace(".", r"\.")):
+        choose_threads(bad)
+
+
+def test_backend_option_threads_sets_torch_threads(family):
+    base, _ = family
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        TransformersBackend(base, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from unittest import mock
 
 import pytest
 import torch
@@ -226,3 +227,31 @@ def test_non_linear_runs_store_weights_behind_the_same_api(
     assert all(torch.equal(got[n], loaded[n]) for n in got)
     grandchild = breeder.breed([breeder.load(folder), parents[0]], [1.0, 1.0], 0, 3)
     assert set(state_dict(breeder.weights(grandchild))) == set(got)
+
+
+def test_bf16_swaps_reuse_one_scratch_buffer_per_shape_across_children(tiny_family, tmp_path):
+    """A bf16 resident model: every child goes through the same fp32 buffers, and each
+    child still lands bit-exactly (the buffer holds nothing of the previous child)."""
+    from mergekit_cycleqd.merge import materialize
+
+    base, experts = tiny_family
+    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(rank=2), tmp_path)
+    children = [
+        breeder.breed([breeder.expert(0), breeder.expert(2)], [1.0, 0.97], 1, 4),
+        breeder.breed([breeder.expert(1), breeder.expert(0)], [0.9, 1.05], 0, 5),
+    ]
+    model = LlamaForCausalLM.from_pretrained(base).to(torch.bfloat16)
+    shapes = {tuple(p.shape) for p in model.state_dict().values() if p.is_floating_point()}
+    buffers, allocations = None, []
+    for child in children + children[:1]:
+        with mock.patch.object(torch, "empty", wraps=torch.empty) as allocate:
+            breeder.weights(child).copy_into(model)
+        allocations.append(allocate.call_count)
+        kept = {key: t.data_ptr() for key, t in materialize._SCRATCH[model].items()}
+        assert buffers is None or kept == buffers
+        buffers = kept
+        expected = state_dict(breeder.weights(child))
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, expected[name].to(torch.bfloat16)), name
+    assert {shape for shape, _ in buffers} == shapes
+    assert allocations == [len(shapes), 0, 0]  # buffers made by the first child only

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from safetensors.torch import load_file
 
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend, prompt_key
 from mergekit_cycleqd.evaluate.backends.scripted_lm import (
@@ -19,6 +20,7 @@ from mergekit_cycleqd.evaluate.backends.scripted_lm import (
 )
 from mergekit_cycleqd.evaluate.base import GenerationConfig, build_evaluator
 from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalEvaluator
+from mergekit_cycleqd.merge.weights import StateDictWeights
 
 GOLD = {f"q{i}=": f"a{i}" for i in range(5)}
 VALIDATION_GOLD = {f"v{i}=": f"b{i}" for i in range(4)}
@@ -162,3 +164,171 @@ def test_scripted_lm_refuses_loglikelihood_clearly():
         lm.loglikelihood([])
     with pytest.raises(NotImplementedError, match="apply_chat_template: false"):
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+# --------------------------------------------- prepared once == simple_evaluate
+# Three task kinds on a real (tiny, random) transformers model: generate_until with
+# a regex filter, loglikelihood multiple choice, and 2-shot generation. The adapter
+# builds each task once; every child must score exactly as a fresh simple_evaluate.
+
+WORDS = ["abc", "hello", "zq", "mno", "xyzzy", "kit"]
+
+
+def _write_task(folder: Path, config: dict, splits: dict[str, list[dict]]) -> None:
+    for split, rows in splits.items():
+        (folder / f"{config['task']}_{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+    files = {s: str(folder / f"{config['task']}_{s}.jsonl") for s in splits}
+    config = {"dataset_path": "json", "dataset_kwargs": {"data_files": files}, **config}
+    (folder / f"{config['task']}.yaml").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def hf_tasks(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hf_tasks")
+    rows = [{"q": w, "a": w[::-1], "first": w[-1]} for w in WORDS]
+    _write_task(
+        folder,
+        {
+            "task": "gen_filtered",
+            "test_split": "test",
+            "output_type": "generate_until",
+            "doc_to_text": "{{q}}=",
+            "doc_to_target": "{{first}}",
+            "generation_kwargs": {"until": ["\n"], "max_gen_toks": 5, "do_sample": False},
+            "filter_list": [
+                {
+                    "name": "first_letter",
+                    "filter": [
+                        {"function": "regex", "regex_pattern": "([a-z])"},
+                        {"function": "take_first"},
+                    ],
+                }
+            ],
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        },
+        {"test": rows},
+    )
+    _write_task(
+        folder,
+        {
+            "task": "mc",
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{q}}=",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{label}}",
+            "metric_list": [
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+            ],
+        },
+        {"test": [{"q": w, "choices": [w[::-1], w, "zz"], "label": i % 3} for i, w in enumerate(WORDS)]},
+    )
+    _write_task(
+        folder,
+        {
+            "task": "fewshot",
+            "test_split": "test",
+            "fewshot_split": "train",
+            "num_fewshot": 2,
+            "output_type": "generate_until",
+            "doc_to_text": "{{q}}=",
+            "doc_to_target": "{{a}}",
+            "generation_kwargs": {"until": ["\n"], "max_gen_toks": 6, "do_sample": False},
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        },
+        {"train": rows, "test": [{"q": w, "a": w[::-1]} for w in ("ab", "cde", "fgh")]},
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_backend(tmp_path_factory):
+    from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
+    from mergekit_cycleqd.toy.tokenizer import build_char_tokenizer
+    from tests.tiny_models import make_expert, make_tiny_llama
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("hf_family")
+    tokenizer = build_char_tokenizer()
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    base = make_tiny_llama(root / "base", seed=5, vocab_size=len(tokenizer), **ids)
+    tokenizer.save_pretrained(base)
+    expert = make_expert(base, root / "expert", seed=7, scale=0.5)
+    backend = TransformersBackend(base, device="cpu", dtype="float32", batch_size=4)
+    return backend, StateDictWeights(load_file(expert / "model.safetensors"))
+
+
+def _plain_simple_evaluate(lm, task_dir: Path, task: str) -> dict:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        bootstrap_iters=0,
+        log_samples=True,
+        fewshot_random_seed=1234,
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "filter_name"),
+    [
+        ("gen_filtered", "exact_match", "first_letter"),  # generate_until through a filter
+        ("mc", "acc", "none"),  # loglikelihood multiple choice
+        ("fewshot", "exact_match", "none"),  # 2-shot prompts from another split
+    ],
+)
+def test_prepared_tasks_score_every_child_as_simple_evaluate_does(
+    hf_tasks, hf_backend, task, metric, filter_name
+):
+    backend, expert = hf_backend
+    base = StateDictWeights({k: v.clone() for k, v in backend.model.state_dict().items()})
+    scorer = build_evaluator(
+        "lm_eval",
+        {"task": task, "include_path": str(hf_tasks), "metric": metric, "filter": filter_name},
+    )
+    seen = []
+    try:
+        for child in (base, expert, base):  # back to the first child: nothing carried over
+            backend.load_child(child)
+            ours = scorer.evaluate(backend)
+            plain = scorer.task_result(_plain_simple_evaluate(backend.lm_eval_model(), hf_tasks, task))
+            assert ours.metrics == plain.metrics
+            assert ours.samples == plain.samples
+            seen.append((ours.metrics, [s["response"] for s in ours.samples]))
+    finally:
+        backend.load_child(base)
+    assert seen[0] == seen[2]
+    assert seen[0] != seen[1]  # the expert answers differently: the swap is seen
+    if task == "fewshot":
+        assert ours.samples[0]["prompt"].count("=") == 3  # two solved examples + the question
+
+
+def test_children_after_the_first_rebuild_nothing(hf_tasks, hf_backend):
+    """After the first child: no task reload, no request building, no template compiling."""
+    from unittest import mock
+
+    import lm_eval.api.task
+    import lm_eval.utils
+    from lm_eval.tasks import TaskManager
+
+    backend, _ = hf_backend
+    scorer = build_evaluator("lm_eval", {"task": "fewshot", "include_path": str(hf_tasks)})
+    first = scorer.evaluate(backend)
+    with (
+        mock.patch.object(TaskManager, "load", side_effect=AssertionError("task reloaded")),
+        mock.patch.object(
+            lm_eval.api.task.ConfigurableTask,
+            "build_all_requests",
+            side_effect=AssertionError("requests rebuilt"),
+        ),
+        mock.patch.object(lm_eval.utils.env, "from_string", wraps=lm_eval.utils.env.from_string) as compile_,
+    ):
+        again = scorer.evaluate(backend)
+    assert compile_.call_count == 0
+    assert again.metrics == first.metrics and again.samples == first.samples

@@ -1,16 +1,18 @@
 """Score any lm-evaluation-harness task on the backend's resident model.
 
 The backend hands out an lm-eval LM over its resident model (HFLM for
-transformers, a generation-only adapter otherwise); this evaluator runs
-``lm_eval.simple_evaluate`` on it for one task and split and returns the chosen
-metric as the CycleQD score.
+transformers, a generation-only adapter otherwise); this evaluator scores it on
+one task and split as ``lm_eval.simple_evaluate`` would and returns the chosen
+metric as the CycleQD score. The task, its documents and its requests are built
+once per evaluator (``lm_eval_prepared``); each child only runs the model and is
+scored by lm-eval's own filters, metrics and aggregation.
 
 What matters when the same resident model is re-scored for thousands of
 merged children:
 
 - no answer cache: lm-eval's request cache keys on the request only, so it would
   hand a child the previous child's answers; it is never enabled here;
-- no global reseeding: ``simple_evaluate`` reseeds python/numpy/torch by
+- no global reseeding: ``simple_evaluate`` would reseed python/numpy/torch by
   default, which would make the driver's own random draws repeat after every
   evaluation; only the task-local few-shot seed is set;
 - no per-call environment report (see ``_no_env_report``);
@@ -102,6 +104,8 @@ class LMEvalEvaluator(Evaluator):
         if options.offline:
             set_offline_env()
         self._task_manager: Any = None
+        self._prepared: dict[str, Any] | None = None
+        self._prepared_for: Any = None
 
     @property
     def metric_key(self) -> str:
@@ -130,59 +134,59 @@ class LMEvalEvaluator(Evaluator):
                 )
         return self._task_manager
 
-    def task_specs(self) -> list[Any]:
-        """What simple_evaluate is asked to run.
+    def prepared(self, lm: Any) -> dict[str, Any]:
+        """The task dict with its documents and requests, built for ``lm`` once and kept.
 
-        Without a split override, the task name (lm-eval loads it afresh each
-        call, groups included). With one, fresh task objects whose test split is
-        replaced; that is only defined for single tasks, not groups.
+        A split override replaces the test split of the loaded task objects; that
+        is only defined for single tasks, not groups.
         """
+        if self._prepared is not None and self._prepared_for is lm:
+            return self._prepared
+        from mergekit_cycleqd.evaluate.lm_eval_prepared import prepare_tasks
+
         options = self.options
-        if options.split is None:
-            return [options.task]
-        loaded = self.task_manager().load([options.task])
-        if loaded["groups"]:
-            raise ValueError(
-                f"lm_eval option split: {options.split!r} cannot be applied to {options.task!r}, "
-                "which is a group; name one of its tasks instead"
-            )
-        tasks = list(loaded["tasks"].values())
-        for task in tasks:
-            available = sorted(getattr(task, "dataset", None) or {})
-            if options.split not in available:
+        loaded = prepare_tasks(
+            self.task_manager(),
+            [options.task],
+            gen_kwargs=dict(options.gen_kwargs) if options.gen_kwargs else None,
+            num_fewshot=options.num_fewshot,
+            fewshot_seed=options.fewshot_seed,
+        )
+        if options.split is not None:
+            if loaded["groups"]:
                 raise ValueError(
-                    f"lm_eval task {task.task_name!r} has no split {options.split!r}; "
-                    f"available splits: {', '.join(available) or 'none'}"
+                    f"lm_eval option split: {options.split!r} cannot be applied to "
+                    f"{options.task!r}, which is a group; name one of its tasks instead"
                 )
-            task.set_config(key="test_split", value=options.split)
-        return tasks
+            for task in loaded["tasks"].values():
+                available = sorted(getattr(task, "dataset", None) or {})
+                if options.split not in available:
+                    raise ValueError(
+                        f"lm_eval task {task.task_name!r} has no split {options.split!r}; "
+                        f"available splits: {', '.join(available) or 'none'}"
+                    )
+                task.set_config(key="test_split", value=options.split)
+        self._prepared, self._prepared_for = loaded, lm
+        return loaded
 
     def evaluate(self, backend: ModelBackend) -> TaskResult:
-        import lm_eval
+        from mergekit_cycleqd.evaluate.lm_eval_prepared import run_prepared
 
         options = self.options
         lm = backend.lm_eval_model()
-        tasks = self.task_specs()
         with _batch_size(lm, options.batch_size), _quiet_lm_eval(), _no_env_report():
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                task_manager=self.task_manager(),
-                num_fewshot=options.num_fewshot,
+            loaded = self.prepared(lm)
+            results = run_prepared(
+                lm,
+                loaded,
                 limit=options.limit,
-                use_cache=None,
                 cache_requests=False,
                 bootstrap_iters=0,
                 log_samples=options.log_samples,
-                gen_kwargs=dict(options.gen_kwargs) if options.gen_kwargs else None,
                 apply_chat_template=options.apply_chat_template,
                 fewshot_as_multiturn=options.fewshot_as_multiturn,
                 system_instruction=options.system_instruction,
                 confirm_run_unsafe_code=options.confirm_run_unsafe_code,
-                random_seed=None,
-                numpy_random_seed=None,
-                torch_random_seed=None,
-                fewshot_random_seed=options.fewshot_seed,
             )
         return self.task_result(results)
 

@@ -11,6 +11,7 @@ about one in-memory linear merge when the SVD rank is small.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -46,6 +47,7 @@ class FactorSet:
     def __init__(self, lookup: Callable[[int], SVDFactors | None]):
         self.lookup = lookup
         self._stacks: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._moved: dict[tuple[str, tuple[int, ...], torch.device], list] = {}
 
     def triple(self, k: int, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         found = self.lookup(k)
@@ -57,8 +59,21 @@ class FactorSet:
             )
         return triple
 
-    def terms(self, name: str, ks: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """[(U, Vh)] to multiply with the coefficient rows of experts ``ks`` (concatenated)."""
+    def terms(
+        self, name: str, ks: tuple[int, ...], device: torch.device | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(U, Vh)] to multiply with the coefficient rows of experts ``ks`` (concatenated),
+        on ``device`` (copied there once per tensor and expert subset, then kept)."""
+        terms = self._cpu_terms(name, ks)
+        if device is None or all(u.device == device for u, _ in terms):
+            return terms
+        key = (name, ks, device)
+        moved = self._moved.get(key)
+        if moved is None:
+            moved = self._moved[key] = [(u.to(device), vh.to(device)) for u, vh in terms]
+        return moved
+
+    def _cpu_terms(self, name: str, ks: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pairs = [self.triple(k, name) for k in ks]
         if len(ks) == 1 or sum(u.shape[1] for u, _, _ in pairs) > STACK_MAX_RANK:
             return [(u, vh) for u, _, vh in pairs]
@@ -89,7 +104,7 @@ def genome_tensor(
     a = [float(x) for x in genome.a.tolist()]
     c0 = 1.0 - math.fsum(a)
     if out is None:
-        out = torch.empty(base.shape, dtype=torch.float32)
+        out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     inputs = [(c0, base)] + [(c, e) for c, e in zip(a, experts, strict=True) if c != 0.0]
     lowrank: list[tuple[torch.Tensor, torch.Tensor]] = []
     block = genome.d.get(name)
@@ -103,14 +118,16 @@ def genome_tensor(
                         f"genome coefficients for tensor {name!r}, expert {k} have length "
                         f"{block.shape[1]} but the cached SVD has rank {rank}"
                     )
-            terms = factors.terms(name, ks)
-            rows = torch.stack([block[k] for k in ks]).to(torch.float32)
+            terms = factors.terms(name, ks, device=out.device)
+            rows = torch.stack([block[k] for k in ks]).to(out.device, torch.float32)
             coefficients = rows.reshape(-1) if len(terms) == 1 else None
             for i, (u, vh) in enumerate(terms):
                 c = coefficients if coefficients is not None else rows[i]
                 lowrank.append((u * c, vh))
     width = out[0].numel() if out.ndim > 0 and out.shape[0] > 0 else 1
     step = max(1, CHUNK_ELEMENTS // max(width, 1)) if out.ndim > 1 else max(out.numel(), 1)
+    if out.device.type != "cpu":  # no cache to fit; one pass, one NaN check (one sync)
+        step = max(out.shape[0] if out.ndim > 0 else 1, 1)
     length = out.shape[0] if out.ndim > 0 else 1
     for start in range(0, length, step):
         stop = min(start + step, length)
@@ -144,11 +161,14 @@ class GenomeWeights:
         self.factors = factors
 
     def tensor(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        """One tensor in fp32 (or written into ``out``); non-float tensors come from the base."""
+        """One tensor in fp32 (or written into ``out``, on its device); non-float tensors
+        come from the base."""
         base = self.models.base.tensor(name)
         if not base.is_floating_point():
             return base.clone()
         experts = [expert.tensor(name) for expert in self.models.experts]
+        if out is not None and out.device != base.device:
+            base, experts = _on_device(self.models, name, out.device, base, experts)
         return genome_tensor(name, base, experts, self.genome, self.factors, out=out)
 
     def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -159,30 +179,51 @@ class GenomeWeights:
     def copy_into(self, module: torch.nn.Module) -> None:
         """Write every tensor straight into the module's existing storage.
 
-        fp32 CPU parameters are computed in place (no temporary); others go through
-        one reusable fp32 scratch buffer per shape and a single ``copy_``.
+        Computed on the module's device: fp32 parameters in place (no temporary);
+        others (bf16, fp16) through one fp32 scratch buffer per shape, kept with the
+        module across children, and a single ``copy_``. On an accelerator the base
+        and experts are copied there once and kept (``_on_device``), so a child
+        streams device memory only.
         """
         targets = module.state_dict(keep_vars=True)
-        scratch: dict[tuple[int, ...], torch.Tensor] = {}
+        scratch = _SCRATCH.setdefault(module, {})
         with torch.no_grad():
             for name in self.models.names:
                 target = _target(targets, module, name, self.models.shape(name))
                 if not self.models.base.tensor(name).is_floating_point():
                     target.copy_(self.models.base.tensor(name))
                     continue
-                direct = (
-                    target.dtype == torch.float32
-                    and target.device.type == "cpu"
-                    and target.is_contiguous()
-                )
-                if direct:
+                if target.dtype == torch.float32 and target.is_contiguous():
                     self.tensor(name, out=target.data)
                     continue
-                shape = tuple(target.shape)
-                buffer = scratch.get(shape)
+                key = (tuple(target.shape), target.device)
+                buffer = scratch.get(key)
                 if buffer is None:
-                    buffer = scratch[shape] = torch.empty(shape, dtype=torch.float32)
+                    buffer = scratch[key] = torch.empty(
+                        key[0], dtype=torch.float32, device=target.device
+                    )
                 target.copy_(self.tensor(name, out=buffer))
+
+
+# fp32 scratch buffers per resident module, (shape, device) -> tensor: reused by every child.
+_SCRATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# base and expert tensors copied to an accelerator, per model set: (name, device) -> tensors.
+_DEVICE_INPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _on_device(
+    models: ModelSet,
+    name: str,
+    device: torch.device,
+    base: torch.Tensor,
+    experts: list[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``base`` and ``experts`` on ``device``, copied on first use and kept for the next child."""
+    kept = _DEVICE_INPUTS.setdefault(models, {})
+    found = kept.get((name, device))
+    if found is None:
+        found = kept[(name, device)] = (base.to(device), [e.to(device) for e in experts])
+    return found
 
 
 def _target(

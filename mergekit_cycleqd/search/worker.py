@@ -64,7 +64,18 @@ def make_backend(recipe: Recipe, base: Path) -> ModelBackend:
         return ScriptedBackend(lambda _prompt: "")
     from mergekit_cycleqd.evaluate.backends import load_backend
 
-    return load_backend(recipe.backend.kind, base, **recipe.backend.options)
+    options = {k: v for k, v in recipe.backend.options.items() if k != "threads"}
+    return load_backend(recipe.backend.kind, base, **options)
+
+
+def set_worker_threads(recipe: Recipe) -> int:
+    """Set this worker's torch thread count from backend.options.threads (or cores / local workers)."""
+    from mergekit_cycleqd.evaluate.backends.threads import apply_threads, choose_threads
+
+    workers = recipe.workers
+    local = workers.count if workers.executor == "ray" and workers.ray_address is None else 1
+    requested = recipe.backend.options.get("threads")
+    return apply_threads(choose_threads(requested, local_workers=local))
 
 
 def build_split_evaluators(recipe: Recipe, split: str) -> dict[str, Evaluator]:
@@ -141,6 +152,7 @@ class Worker:
     def __init__(self, recipe: Recipe, run_dir: Path, base: Path, experts: list[Path]):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
+        self.threads = set_worker_threads(recipe)
         self.breeder = make_breeder(recipe, base, experts)
         self.backend = make_backend(recipe, base)
         self.evaluators = build_split_evaluators(recipe, "opt")

@@ -22,6 +22,7 @@ from mergekit_cycleqd.evaluate.backends.checkpoint_names import (
     load_renaming,
 )
 from mergekit_cycleqd.evaluate.backends.scripted import truncate_at_stop
+from mergekit_cycleqd.evaluate.backends.threads import apply_threads, choose_threads
 from mergekit_cycleqd.evaluate.base import GenerationConfig, Message, Prompt
 from mergekit_cycleqd.merge.weights import WeightSource
 
@@ -122,7 +123,8 @@ class TransformersBackend:
     """A causal LM resident on one device; see the module docstring.
 
     ``dtype=None`` keeps the checkpoint's dtype; ``device=None`` picks CUDA when
-    available. ``batch_size`` bounds how many prompts share one ``generate``
+    available. ``threads`` sets torch's CPU thread count (see ``threads.py``;
+    workers set it from the recipe before loading). ``batch_size`` bounds how many prompts share one ``generate``
     call (prompts are sorted by length first so that padding stays small).
     """
 
@@ -136,9 +138,12 @@ class TransformersBackend:
         batch_size: int = 16,
         trust_remote_code: bool = False,
         model_class: str = "AutoModelForCausalLM",
+        threads: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if threads is not None:  # a worker has set it already; direct users set it here
+            apply_threads(choose_threads(threads))
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.batch_size = batch_size
