@@ -141,7 +141,7 @@ def test_misspelt_key_gets_the_nearest_valid_one(raw, tmp_path) -> None:
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(tmp_path / "r.yml", raw))
     message = str(info.value)
-    assert "r.yml: serach: unknown field (got {" in message
+    assert "r.yml: serach: unknown field (got a mapping with keys generations, seed, mutation)" in message
     assert "did you mean 'search'?" in message
     raw["search"] = raw.pop("serach")
     raw["search"]["mutation"]["rnak"] = 4
