@@ -32,6 +32,7 @@ from mergekit_cycleqd.recipe import Recipe, RecipeError
 from mergekit_cycleqd.recipe.models import hub_id, resolve_models
 from mergekit_cycleqd.search.executor import Executor, InProcessExecutor, RayExecutor
 from mergekit_cycleqd.search.jobs import Job, JobResult
+from mergekit_cycleqd.search.kinds import make_search
 from mergekit_cycleqd.search.progress import RunProgress
 from mergekit_cycleqd.search.sampling import sample_parents
 from mergekit_cycleqd.search.worker import Worker
@@ -92,6 +93,7 @@ class CycleQD:
         self._record_meta()
         self.archives: dict[str, Archive] = {}
         self.executor: Executor | None = None
+        self.search = None  # search.kind other than cycleqd: built and replayed in run()
 
     def _resolve_models(self) -> tuple[Path, list[Path]]:
         if self.recipe.assets is not None:
@@ -151,6 +153,9 @@ class CycleQD:
             self._fix_ranges()
             self.archives = archives_from_ledger(self.ledger)
             self._write_all_elite_configs()
+            self.search = make_search(self.recipe)
+            if self.search is not None:
+                self.search.replay(self.ledger.children(role="child", status=None))
             interrupted = self._cycle(total)
         except KeyboardInterrupt:
             interrupted = True
@@ -230,12 +235,15 @@ class CycleQD:
         Deterministic given the archives as they stand now and ``[seed, generation]``;
         it changes nothing, so asking again before any ``tell`` gives the same job.
         """
+        if self.search is not None:
+            return self._coefficient_job(generation)
         task = active_task(self.tasks, generation)
         rng = np.random.default_rng([self.recipe.search.seed, generation])
         search = self.recipe.search
         parents = sample_parents(self.archives, task, search.sampling, rng)
         weights = rng.normal(search.crossover.mu, search.crossover.sigma, size=2)
         mutation_seed = int(rng.integers(0, 2**31 - 1))
+        scale = 1.0 if search.crossover.scale is None else float(rng.uniform(*search.crossover.scale))
         paths = tuple(self.ledger.child(p).model_path for p in parents)
         return Job(
             generation=generation,
@@ -248,6 +256,27 @@ class CycleQD:
             weights=tuple(float(w) for w in weights),
             mutation_task=self.recipe.expert_for(task),
             mutation_seed=mutation_seed,
+            scale=scale,
+        )
+
+    def _coefficient_job(self, generation: int) -> Job:
+        """theta_b + sum_k a_k tau_k with a from the search kind's optimiser."""
+        seeds = {r.name: r for r in self.ledger.children(role="seed")}
+        experts = [seeds.get(f"seed:{e.name}") for e in self.recipe.experts]
+        if any(e is None for e in experts):
+            raise RunError(
+                f"{self.folder.root}: search.kind {self.recipe.search.kind} combines every "
+                "expert, but an expert seed failed to score; see the ledger's errors"
+            )
+        return Job(
+            generation=generation,
+            role="child",
+            name=f"gen{generation}",
+            model_stem=f"children/g{generation:06d}",
+            parents=tuple(e.id for e in experts),
+            parent_paths=tuple(e.model_path for e in experts),
+            weights=tuple(self.search.ask(generation)),
+            combine=True,
         )
 
     def tell(self, result: JobResult) -> None:
@@ -273,6 +302,9 @@ class CycleQD:
             merge_s=result.merge_s,
             eval_s=result.eval_s,
         )
+        if self.search is not None and job.role == "child":
+            ok = result.status == "ok"
+            self.search.tell(job.generation, {s.task: s.score for s in result.scores} if ok else None)
         if self.archives:
             record = self.ledger.child(child_id)
             if filable(record, self.tasks):
