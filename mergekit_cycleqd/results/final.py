@@ -235,6 +235,9 @@ def finish_run(run) -> Results:
                 out = folder.final_dir / "aggregated"
                 if not (out / "config.json").exists():
                     breeder.materialize(breeder.load(folder.root / final.model_path), out)
+        from mergekit_cycleqd.results.selection import deliver
+
+        rows = deliver(run, rows, archives=archives, breeder=breeder, backend=backend)
         results = _score_rows(run, breeder, backend, rows, test_evaluators, general_evaluators)
     finally:
         for evaluator in [*test_evaluators.values(), *general_evaluators.values()]:
