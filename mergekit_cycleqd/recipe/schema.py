@@ -107,6 +107,12 @@ class SearchConfig(_Strict):
         None, description="cma_es/nsga2: population size; null: the library's default"
     )
     generations: Annotated[int, Field(ge=0)] = 1200
+    cycle: bool = Field(
+        True,
+        description="false: QD without cycling (Table 2 ablation): parents always come from one "
+        "extra archive whose quality is the mean over all tasks and whose BCs are every task's "
+        "score; the per-task archives are still filled (report, final aggregation)",
+    )
     seed: int = 0
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     crossover: CrossoverConfig = Field(default_factory=CrossoverConfig)

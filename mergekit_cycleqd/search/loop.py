@@ -20,9 +20,11 @@ import numpy as np
 
 from mergekit_cycleqd.errors import RunError
 from mergekit_cycleqd.filing.archive import (
+    MEAN_ARCHIVE,
     Archive,
     archives_from_ledger,
     filable,
+    mean_archive,
     offer_to_all,
     paper_range,
 )
@@ -152,6 +154,8 @@ class CycleQD:
             self._run_seeds()
             self._fix_ranges()
             self.archives = archives_from_ledger(self.ledger)
+            if not self.recipe.search.cycle:
+                self.archives[MEAN_ARCHIVE] = self._mean_archive()
             self._write_all_elite_configs()
             self.search = make_search(self.recipe)
             if self.search is not None:
@@ -240,7 +244,8 @@ class CycleQD:
         task = active_task(self.tasks, generation)
         rng = np.random.default_rng([self.recipe.search.seed, generation])
         search = self.recipe.search
-        parents = sample_parents(self.archives, task, search.sampling, rng)
+        archive = task if search.cycle else MEAN_ARCHIVE
+        parents = sample_parents(self.archives, archive, search.sampling, rng)
         weights = rng.normal(search.crossover.mu, search.crossover.sigma, size=2)
         mutation_seed = int(rng.integers(0, 2**31 - 1))
         scale = 1.0 if search.crossover.scale is None else float(rng.uniform(*search.crossover.scale))
@@ -250,7 +255,7 @@ class CycleQD:
             role="child",
             name=f"gen{generation}",
             model_stem=f"children/g{generation:06d}",
-            active_task=task,
+            active_task=task if search.cycle else None,
             parents=tuple(parents),
             parent_paths=paths,
             weights=tuple(float(w) for w in weights),
@@ -258,6 +263,15 @@ class CycleQD:
             mutation_seed=mutation_seed,
             scale=scale,
         )
+
+    def _mean_archive(self) -> Archive:
+        """QD without cycling: the one archive parents come from, replayed from the ledger."""
+        meta = self.ledger.meta()
+        archive = mean_archive(self.tasks, int(meta["bins"]), meta["bc_ranges"])
+        for record in self.ledger.children():
+            if filable(record, self.tasks):
+                archive.offer(record.id, record.scores)
+        return archive
 
     def _coefficient_job(self, generation: int) -> Job:
         """theta_b + sum_k a_k tau_k with a from the search kind's optimiser."""
