@@ -248,7 +248,9 @@ class CycleQD:
         parents = sample_parents(self.archives, archive, search.sampling, rng)
         weights = rng.normal(search.crossover.mu, search.crossover.sigma, size=2)
         mutation_seed = int(rng.integers(0, 2**31 - 1))
-        scale = 1.0 if search.crossover.scale is None else float(rng.uniform(*search.crossover.scale))
+        scale = 1.0  # drawn last, so recipes without a scale keep their random streams
+        if search.crossover.scale is not None:
+            scale = float(rng.uniform(*search.crossover.scale))
         paths = tuple(self.ledger.child(p).model_path for p in parents)
         return Job(
             generation=generation,
@@ -317,8 +319,8 @@ class CycleQD:
             eval_s=result.eval_s,
         )
         if self.search is not None and job.role == "child":
-            ok = result.status == "ok"
-            self.search.tell(job.generation, {s.task: s.score for s in result.scores} if ok else None)
+            scores = {s.task: s.score for s in result.scores}
+            self.search.tell(job.generation, scores if result.status == "ok" else None)
         if self.archives:
             record = self.ledger.child(child_id)
             if filable(record, self.tasks):
