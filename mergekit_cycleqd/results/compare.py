@@ -147,7 +147,7 @@ def plot(tasks: Sequence[str], lines: Sequence[Line], path: Path) -> None:
 
     columns = [*tasks, "mean"]
     width = 0.8 / len(lines)
-    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(columns) * len(lines) ** 0.5), 4))
+    figure, axes = plt.subplots(figsize=(min(14, max(6, 0.3 * len(columns) * len(lines))), 4))
     for i, line in enumerate(lines):
         stats = [line.stats(c) for c in columns]
         axes.bar(
