@@ -7,6 +7,7 @@ mergekit-cycleqd report RUN
 mergekit-cycleqd similarity BASE A B [...]
 mergekit-cycleqd publish RUN --repo-id ORG/NAME [--final | --elite ID | --archive TASK --top K]
 mergekit-cycleqd recover RUN
+mergekit-cycleqd compare RECIPE... --seeds 0 1 2 --out DIR [--generations N]
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from mergekit_cycleqd.errors import CommandError, UserFacingError
 
-SUBCOMMANDS = ("run", "check", "materialize", "report", "similarity", "publish", "recover")
-
-
+SUBCOMMANDS = (
+    "run", "check", "materialize", "report", "similarity", "publish", "recover", "compare"
+)
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -169,7 +170,8 @@ def cmd_check(argv: list[str]) -> int:
     print(
         f"{path}: OK — {len(recipe.tasks)} tasks ({', '.join(recipe.task_names)}), "
         f"{len(recipe.experts)} experts, {recipe.search.generations} generations, "
-        f"{recipe.search.mutation.kind} mutation, {recipe.search.sampling.kind} sampling"
+        f"{recipe.search.kind} search, {recipe.search.mutation.kind} mutation, "
+        f"{recipe.search.sampling.kind} sampling"
     )
     print("experts per task:\n  " + "\n  ".join(report.mapping))
     return 0
@@ -344,6 +346,31 @@ def _environment_error(error: OSError) -> str | None:
     return None
 
 
+def cmd_compare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mergekit-cycleqd compare",
+        description=(
+            "Run every recipe for every seed (reusing finished runs, resuming unfinished "
+            "ones) and write OUT/table.md and OUT/table.png: test scores as mean ± standard "
+            "error over seeds, experts and fixed merges as reference rows."
+        ),
+    )
+    parser.add_argument("recipes", type=Path, nargs="+", help="recipes (one table row each)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, required=True, help="folder for runs/ and the table")
+    parser.add_argument("--generations", type=int, help="override every recipe's generations")
+    _add_var_option(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    variables = dict(a.partition("=")[::2] for a in args.var)
+    from mergekit_cycleqd.results.compare import compare
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(compare(args.recipes, args.seeds, args.out, generations=args.generations, variables=variables))
+    print(f"Table: {args.out / 'table.md'}\nPlot:  {args.out / 'table.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
@@ -354,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "similarity": cmd_similarity,
         "publish": cmd_publish,
         "recover": cmd_recover,
+        "compare": cmd_compare,
     }
     command = commands.get(argv[0]) if argv else None
     if command is not None:

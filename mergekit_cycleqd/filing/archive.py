@@ -56,6 +56,7 @@ class Archive:
     bins: int
     ranges: dict[str, tuple[float, float]]
     elites: dict[Cell, Elite] = field(default_factory=dict)
+    quality_tasks: list[str] | None = None  # quality = their mean score (else: scores[task])
 
     def cell(self, scores: Mapping[str, float]) -> Cell:
         return tuple(
@@ -66,7 +67,10 @@ class Archive:
     def offer(self, child_id: int, scores: Mapping[str, float]) -> bool:
         """File a scored child; it replaces the cell's elite only if strictly better."""
         cell = self.cell(scores)
-        quality = float(scores[self.task])
+        if self.quality_tasks is None:
+            quality = float(scores[self.task])
+        else:
+            quality = float(np.mean([scores[t] for t in self.quality_tasks]))
         current = self.elites.get(cell)
         if current is not None and not quality > current.quality:
             return False
@@ -111,6 +115,22 @@ def empty_archives(
 ) -> dict[str, Archive]:
     resolved = {t: (float(ranges[t][0]), float(ranges[t][1])) for t in tasks}
     return {task: Archive(task, [t for t in tasks if t != task], bins, resolved) for task in tasks}
+
+
+MEAN_ARCHIVE = "mean"
+
+
+def mean_archive(
+    tasks: Sequence[str], bins: int, ranges: Mapping[str, Sequence[float]]
+) -> Archive:
+    """QD without cycling: one archive, quality = the mean over all tasks, BCs = every task.
+
+    The quality is the mean because that is what the results table ranks; every task is
+    a BC because without cycling no task is privileged, and the grid then keeps the same
+    trade-offs between tasks that CycleQD's per-task archives keep between them.
+    """
+    resolved = {t: (float(ranges[t][0]), float(ranges[t][1])) for t in tasks}
+    return Archive(MEAN_ARCHIVE, list(tasks), bins, resolved, quality_tasks=list(tasks))
 
 
 def offer_to_all(archives: Mapping[str, Archive], record: ChildRecord) -> list[str]:

@@ -85,6 +85,13 @@ class ChildRecord:
     created_at: float
     scores: dict[str, float] = field(default_factory=dict)
     test_scores: dict[str, float] = field(default_factory=dict)
+    validation_scores: dict[str, float] = field(default_factory=dict)
+
+    def split_scores(self, split: str) -> dict[str, float]:
+        """The scores of one split: "opt", "validation", anything else is the test split."""
+        return {"opt": self.scores, "validation": self.validation_scores}.get(
+            split, self.test_scores
+        )
 
     @property
     def ok(self) -> bool:
@@ -278,7 +285,7 @@ class Ledger:
             ):
                 record = by_id.get(child_id)
                 if record is not None:
-                    (record.scores if split == "opt" else record.test_scores)[task] = score
+                    record.split_scores(split)[task] = score
         return records
 
     def child(self, child_id: int) -> ChildRecord:
@@ -291,7 +298,7 @@ class Ledger:
         for task, split, score in self._db.execute(
             "SELECT task, split, score FROM scores WHERE child_id = ?", (child_id,)
         ):
-            (record.scores if split == "opt" else record.test_scores)[task] = score
+            record.split_scores(split)[task] = score
         return record
 
     def count(self, role: str | None = None) -> int:

@@ -9,10 +9,10 @@ the driver only sees ``Child`` values, ``weights(child)`` and saved paths.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,19 @@ from mergekit_cycleqd.errors import (
     UnknownParameterError,
 )
 from mergekit_cycleqd.merge.genome import GENOME_SUFFIX, Genome
-from mergekit_cycleqd.merge.materialize import FactorSet, GenomeWeights, StoredWeights, check_finite
+from mergekit_cycleqd.merge.materialize import (
+    FactorSet,
+    GenomeWeights,
+    StoredWeights,
+    check_finite,
+    write_shards,
+)
 from mergekit_cycleqd.merge.methods import apply_mutation
 from mergekit_cycleqd.merge.modelset import ModelSet, SafetensorsModel
 from mergekit_cycleqd.merge.mutations import check_mutation, tensor_seed
 from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 from mergekit_cycleqd.merge.svd_cache import SVDCache
-from mergekit_cycleqd.merge.weights import WeightSource, save_tensors
+from mergekit_cycleqd.merge.weights import WeightSource
 
 _COPIED_FILES = (
     "config.json",
@@ -48,7 +54,6 @@ _COPIED_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-_SHARD_BYTES = 4 * 1024**3
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -167,21 +172,47 @@ class Breeder:
         weights: Sequence[float],
         mutation_task: int,
         mutation_seed: int,
+        *,
+        scale: float = 1.0,
     ) -> Child:
-        """Crossover with the given omegas, then mutation towards task ``mutation_task``."""
+        """Crossover with the given omegas, then mutation towards task ``mutation_task``.
+
+        ``scale`` multiplies the crossover result (every a_k, d_k) before the mutation.
+        """
         if not parents or len(parents) != len(weights):
             raise InvalidParameterError(
                 f"breed needs one weight per parent; got {len(parents)} parents, {len(weights)} weights"
             )
         self._check_task(mutation_task)
+        if scale != 1.0:
+            weights = self._scaled(weights, scale)
         if self.stores_genomes and all(isinstance(p, GenomeChild) for p in parents):
-            genome = Genome.weighted_sum([p.genome for p in parents], weights, self.normalize)
+            normalize = self.normalize and scale == 1.0
+            genome = Genome.weighted_sum([p.genome for p in parents], weights, normalize)
             if self.mutation.kind == "svd":
                 genome = genome.mutate_svd(
                     mutation_task, self._factors(mutation_task), self.mutation.rate, mutation_seed
                 )
             return GenomeChild(genome)
-        return self._breed_weights(parents, weights, mutation_task, mutation_seed)
+        parameters = dict(self.crossover.parameters)
+        if scale != 1.0:
+            parameters["normalize"] = False
+        method, kind = self.crossover.method, self.mutation.kind
+        return self._merge_weights(
+            parents, weights, method, parameters, kind, mutation_task, mutation_seed
+        )
+
+    def _scaled(self, weights: Sequence[float], scale: float) -> list[float]:
+        """scale * w (normalised first where the crossover normalises): exact linear weights."""
+        if self.crossover.method != "cycleqd":
+            raise InvalidParameterError(
+                f"search.crossover.scale needs the linear `cycleqd` crossover, not "
+                f"{self.crossover.method!r}; remove scale or use method: cycleqd"
+            )
+        total = sum(float(w) for w in weights) if self.normalize else 1.0
+        if total == 0:
+            raise InvalidParameterError(f"crossover weights {list(weights)} sum to zero")
+        return [scale * float(w) / total for w in weights]
 
     def combine(self, children: Sequence[Child], coefficients: Sequence[float]) -> Child:
         """theta_b + sum_i c_i tau_i: no normalisation, no mutation."""
@@ -191,19 +222,6 @@ class Breeder:
             )
         return self._merge_weights(
             children, coefficients, "cycleqd", {"normalize": False}, "none", 0, 0
-        )
-
-    def _breed_weights(
-        self, parents: Sequence[Child], weights: Sequence[float], task: int, seed: int
-    ) -> WeightsChild:
-        return self._merge_weights(
-            parents,
-            weights,
-            self.crossover.method,
-            dict(self.crossover.parameters),
-            self.mutation.kind,
-            task,
-            seed,
         )
 
     def _merge_weights(
@@ -223,7 +241,7 @@ class Breeder:
             "mutation": mutation,
             "mutation_rate": self.mutation.rate,
             "mutation_seed": seed,
-            "gaussian_std": self.mutation.gaussian_std,
+            "gaussian_std": self.gaussian_std,
             "svd_factors": svd_path,
         }
         sources = [self.weights(p) for p in parents]
@@ -272,13 +290,20 @@ class Breeder:
                         "kind": mutation,
                         "rate": self.mutation.rate,
                         "seed": seed,
-                        "std": self.mutation.gaussian_std,
+                        "std": self.gaussian_std,
                         "svd_factors": svd_path,
                     },
                 )
             check_finite(merged, name, f"{method_name} crossover")
             out[name] = merged.to(base.dtype)
         return WeightsChild(StoredWeights(out))
+
+    @cached_property
+    def gaussian_std(self) -> float:
+        """The Gaussian mutation's std: absolute, or relative to the experts' task-vector RMS."""
+        if self.mutation.relative_std is None:
+            return self.mutation.gaussian_std
+        return self.mutation.relative_std * self.models.task_vector_rms()
 
     # -- access -----------------------------------------------------------------
     def weights(self, child: Child) -> WeightSource:
@@ -350,7 +375,7 @@ class Breeder:
             source = self.base_path / file_name
             if source.exists():
                 shutil.copyfile(source, out_dir / file_name)
-        _write_shards(self.weights(child).named_tensors(), out_dir)
+        write_shards(self.weights(child).named_tensors(), out_dir)
         return out_dir
 
     def close(self) -> None:
@@ -361,26 +386,3 @@ class Breeder:
         self.svd.clear_memory()
         self._factor_sets.clear()
         LoaderCache().flush_all()
-
-
-def _write_shards(tensors, out_dir: Path) -> None:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > _SHARD_BYTES:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor.contiguous()
-        size += nbytes
-    metadata = {"format": "pt"}
-    if len(shards) == 1:
-        save_tensors(shards[0], str(out_dir / "model.safetensors"), metadata=metadata)
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_tensors(shard, str(out_dir / file_name), metadata=metadata)
-        weight_map.update(dict.fromkeys(shard, file_name))
-    index = {"metadata": {}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -10,9 +10,11 @@ about one in-memory linear merge when the SVD rank is small.
 
 from __future__ import annotations
 
+import json
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 
@@ -20,6 +22,7 @@ from mergekit_cycleqd.errors import MissingTensorError, NonFiniteError, ShapeMis
 from mergekit_cycleqd.merge.genome import Genome
 from mergekit_cycleqd.merge.modelset import ModelSet, SafetensorsModel
 from mergekit_cycleqd.merge.svd_cache import SVDFactors
+from mergekit_cycleqd.merge.weights import save_tensors
 
 
 def check_finite(tensor: torch.Tensor, name: str, where: str) -> None:
@@ -276,3 +279,30 @@ def state_dict(weights: GenomeWeights | StoredWeights) -> dict[str, torch.Tensor
     if isinstance(weights, StoredWeights):
         return {name: tensor.clone() for name, tensor in weights.named_tensors()}
     return dict(weights.named_tensors())
+
+
+_SHARD_BYTES = 4 * 1024**3
+
+
+def write_shards(tensors: Iterator[tuple[str, torch.Tensor]], out_dir: Path) -> None:
+    """Write tensors as Hugging Face safetensors shards (with an index above one shard)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > _SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.contiguous()
+        size += nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        save_tensors(shards[0], str(out_dir / "model.safetensors"), metadata=metadata)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_tensors(shard, str(out_dir / file_name), metadata=metadata)
+        weight_map.update(dict.fromkeys(shard, file_name))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -186,6 +186,19 @@ class ModelSet:
                         f"but {list(entry.shape)} in base {self.base.folder}"
                     )
 
+    def task_vector_rms(self) -> float:
+        """sqrt(mean of tau_k^2) over every float element of every expert's task vector."""
+        total, count = 0.0, 0
+        for name in self.names:
+            base = self.base.tensor(name)
+            if not base.is_floating_point():
+                continue
+            for expert in self.experts:
+                tau = expert.tensor(name).double() - base.double()
+                total += float((tau * tau).sum())
+                count += tau.numel()
+        return (total / count) ** 0.5 if count else 0.0
+
     def close(self) -> None:
         self.base.close()
         for expert in self.experts:

@@ -34,6 +34,11 @@ class MutationSpec(_Spec):
         None, description="keep the top-r singular directions of each task vector (None: all)"
     )
     gaussian_std: Annotated[float, Field(ge=0)] = 0.0003
+    relative_std: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="gaussian: std as a fraction of the experts' task-vector RMS (overrides "
+        "gaussian_std, whose absolute 3e-4 can be far below a small model's task vectors)",
+    )
 
     @field_validator("kind")
     @classmethod

@@ -182,6 +182,8 @@ def _validate_evaluator_options(recipe: Recipe, source: str) -> None:
             )
             continue
         splits = [("opt", "optimisation")] + ([("test", "test")] if task.test is not None else [])
+        if task.validation is not None:
+            splits.append(("validation", "validation"))
         for split, field_name in splits:
             try:
                 cls.Options.model_validate(task.split_options(split))

@@ -42,6 +42,10 @@ class TaskSpec(_Strict):
         default_factory=dict,
         description="options overriding `options` for the held-out test split; null: no test split",
     )
+    validation: dict[str, Any] | None = Field(
+        None,
+        description="options for a validation split (final.select: validated); null: none",
+    )
     bins: Annotated[int, Field(ge=1, le=1000)] = 15
     range: tuple[float, float] | None = Field(
         None, description="[lo, hi] of this task's BC axis; null: 85 %/115 % of the experts' scores"
@@ -54,9 +58,9 @@ class TaskSpec(_Strict):
             raise ValueError(f"range must be [lo, hi] with lo < hi, got {list(value)}")
         return value
 
-    def split_options(self, split: Literal["opt", "test"]) -> dict[str, Any]:
-        extra = self.optimisation if split == "opt" else (self.test or {})
-        return {**self.options, **extra}
+    def split_options(self, split: Literal["opt", "test", "validation"]) -> dict[str, Any]:
+        extras = {"opt": self.optimisation, "test": self.test, "validation": self.validation}
+        return {**self.options, **(extras[split] or {})}
 
 
 class SamplingConfig(_Strict):
@@ -73,13 +77,42 @@ class CrossoverConfig(CrossoverSpec):
 
     mu: float = 1.0
     sigma: Annotated[float, Field(ge=0)] = 0.01
+    scale: tuple[float, float] | None = Field(
+        None,
+        description="[lo, hi]: multiply each child's crossover result (every a_k and d_k) by a "
+        "factor drawn uniformly per child, so children can leave the simplex; null: no scale",
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"scale must be [lo, hi] with 0 < lo <= hi, got {list(value)}")
+        return value
 
 
 MutationConfig = MutationSpec
 
 
 class SearchConfig(_Strict):
+    kind: Literal["cycleqd", "cma_es", "nsga2", "random"] = Field(
+        "cycleqd",
+        description="cycleqd, or a baseline searching the experts' merge coefficients "
+        "(search.kinds.SEARCHES); every kind files its children in the same ledger",
+    )
+    coefficient_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="cma_es/nsga2/random: [lo, hi] of each expert's coefficient"
+    )
+    population: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="cma_es/nsga2: population size; null: the library's default"
+    )
     generations: Annotated[int, Field(ge=0)] = 1200
+    cycle: bool = Field(
+        True,
+        description="false: QD without cycling (Table 2 ablation): parents always come from one "
+        "extra archive whose quality is the mean over all tasks and whose BCs are every task's "
+        "score; the per-task archives are still filled (report, final aggregation)",
+    )
     seed: int = 0
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     crossover: CrossoverConfig = Field(default_factory=CrossoverConfig)
@@ -115,6 +148,15 @@ class OutputConfig(_Strict):
 
 class FinalConfig(_Strict):
     temperature: Annotated[float, Field(gt=0)] = 1.0
+    select: Literal["aggregate", "best_mean", "validated"] | None = Field(
+        None,
+        description="the delivered model: the paper's aggregate, the best mean optimisation "
+        "score, or the best of several candidates on the validation split; null: aggregate "
+        "for cycleqd, best_mean for the other search kinds",
+    )
+    validate_top: Annotated[int, Field(ge=0)] = Field(
+        5, description="validated: also re-score this many top models by mean optimisation score"
+    )
     baselines: list[Literal["task_arithmetic", "ties", "linear", "dare_ties"]] = Field(
         default_factory=lambda: ["task_arithmetic", "ties"]
     )
@@ -192,7 +234,24 @@ class Recipe(_Strict):
             )
         if self.search.sampling.alpha_low > self.search.sampling.alpha_high:
             raise ValueError("search.sampling.alpha_low must not exceed alpha_high")
+        if self.final.select == "validated":
+            missing = [t.name for t in self.tasks if t.validation is None]
+            if missing:
+                raise ValueError(
+                    f"final.select: validated needs a `validation:` split on every task; "
+                    f"tasks without one: {missing}"
+                )
+        lo, hi = self.search.coefficient_range
+        if not lo < hi:
+            raise ValueError(f"search.coefficient_range must be [lo, hi] with lo < hi, got {[lo, hi]}")
         return self
+
+    @property
+    def final_select(self) -> str:
+        """final.select, with its per-search-kind default resolved."""
+        if self.final.select is not None:
+            return self.final.select
+        return "aggregate" if self.search.kind == "cycleqd" else "best_mean"
 
     def _map_experts_to_tasks(self) -> None:
         names = [t.name for t in self.tasks]

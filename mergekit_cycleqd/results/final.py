@@ -216,6 +216,9 @@ def finish_run(run) -> Results:
                     with atomic_path(out) as temporary:
                         breeder.materialize(breeder.load(folder.root / final.model_path), temporary)
         progress.done()
+        from mergekit_cycleqd.results.selection import deliver
+
+        rows = deliver(run, rows, archives=archives, breeder=breeder, backend=backend)
         progress.add(len(rows))
         results = _score_rows(
             run, breeder, backend, rows, test_evaluators, general_evaluators, progress=progress

@@ -27,6 +27,8 @@ class Job:
     weights: tuple[float, ...] = ()
     mutation_task: int | None = None
     mutation_seed: int | None = None
+    scale: float = 1.0  # factor on the crossover result (search.crossover.scale)
+    combine: bool = False  # weights are exact task-vector coefficients: no normalising, no mutation
 
 
 @dataclass

@@ -20,9 +20,11 @@ import numpy as np
 
 from mergekit_cycleqd.errors import LedgerError, RunError
 from mergekit_cycleqd.filing.archive import (
+    MEAN_ARCHIVE,
     Archive,
     archives_from_ledger,
     filable,
+    mean_archive,
     offer_to_all,
     paper_range,
 )
@@ -32,6 +34,7 @@ from mergekit_cycleqd.recipe import Recipe, RecipeError
 from mergekit_cycleqd.recipe.models import hub_id, resolve_models
 from mergekit_cycleqd.search.executor import Executor, InProcessExecutor
 from mergekit_cycleqd.search.jobs import Job, JobResult
+from mergekit_cycleqd.search.kinds import make_search
 from mergekit_cycleqd.search.progress import RunProgress, StepProgress
 from mergekit_cycleqd.search.sampling import sample_parents
 from mergekit_cycleqd.search.signals import GracefulStop
@@ -82,6 +85,7 @@ class CycleQD:
         self.archives: dict[str, Archive] = {}
         self.executor: Executor | None = None
         self._filed_since_backup = 0
+        self.search = None  # search.kind other than cycleqd: built and replayed in run()
 
     def _check_workers(self) -> None:
         workers = self.recipe.workers
@@ -150,7 +154,12 @@ class CycleQD:
                 if not interrupt.requested:
                     self._fix_ranges()
                     self.archives = archives_from_ledger(self.ledger)
+                    if not self.recipe.search.cycle:
+                        self.archives[MEAN_ARCHIVE] = self._mean_archive()
                     self._write_all_elite_configs()
+                    self.search = make_search(self.recipe)
+                    if self.search is not None:
+                        self.search.replay(self.ledger.children(role="child", status=None))
                     self._cycle(total, interrupt)
         except KeyboardInterrupt:
             interrupt.signal = interrupt.signal or signal.SIGINT
@@ -280,24 +289,60 @@ class CycleQD:
         Deterministic given the archives as they stand now and ``[seed, generation]``;
         it changes nothing, so asking again before any ``tell`` gives the same job.
         """
+        if self.search is not None:
+            return self._coefficient_job(generation)
         task = active_task(self.tasks, generation)
         rng = np.random.default_rng([self.recipe.search.seed, generation])
         search = self.recipe.search
-        parents = sample_parents(self.archives, task, search.sampling, rng)
+        archive = task if search.cycle else MEAN_ARCHIVE
+        parents = sample_parents(self.archives, archive, search.sampling, rng)
         weights = rng.normal(search.crossover.mu, search.crossover.sigma, size=2)
         mutation_seed = int(rng.integers(0, 2**31 - 1))
+        scale = 1.0  # drawn last, so recipes without a scale keep their random streams
+        if search.crossover.scale is not None:
+            scale = float(rng.uniform(*search.crossover.scale))
         paths = tuple(self.ledger.child(p).model_path for p in parents)
         return Job(
             generation=generation,
             role="child",
             name=f"gen{generation}",
             model_stem=f"children/g{generation:06d}",
-            active_task=task,
+            active_task=task if search.cycle else None,
             parents=tuple(parents),
             parent_paths=paths,
             weights=tuple(float(w) for w in weights),
             mutation_task=self.recipe.expert_for(task),
             mutation_seed=mutation_seed,
+            scale=scale,
+        )
+
+    def _mean_archive(self) -> Archive:
+        """QD without cycling: the one archive parents come from, replayed from the ledger."""
+        meta = self.ledger.meta()
+        archive = mean_archive(self.tasks, int(meta["bins"]), meta["bc_ranges"])
+        for record in self.ledger.children():
+            if filable(record, self.tasks):
+                archive.offer(record.id, record.scores)
+        return archive
+
+    def _coefficient_job(self, generation: int) -> Job:
+        """theta_b + sum_k a_k tau_k with a from the search kind's optimiser."""
+        seeds = {r.name: r for r in self.ledger.children(role="seed")}
+        experts = [seeds.get(f"seed:{e.name}") for e in self.recipe.experts]
+        if any(e is None for e in experts):
+            raise RunError(
+                f"{self.folder.root}: search.kind {self.recipe.search.kind} combines every "
+                "expert, but an expert seed failed to score; see the ledger's errors"
+            )
+        return Job(
+            generation=generation,
+            role="child",
+            name=f"gen{generation}",
+            model_stem=f"children/g{generation:06d}",
+            parents=tuple(e.id for e in experts),
+            parent_paths=tuple(e.model_path for e in experts),
+            weights=tuple(self.search.ask(generation)),
+            combine=True,
         )
 
     def tell(self, result: JobResult) -> None:
@@ -323,6 +368,9 @@ class CycleQD:
             merge_s=result.merge_s,
             eval_s=result.eval_s,
         )
+        if self.search is not None and job.role == "child":
+            scores = {s.task: s.score for s in result.scores}
+            self.search.tell(job.generation, scores if result.status == "ok" else None)
         if self.archives:
             record = self.ledger.child(child_id)
             if filable(record, self.tasks):

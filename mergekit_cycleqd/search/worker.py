@@ -79,10 +79,11 @@ def set_worker_threads(recipe: Recipe) -> int:
 
 
 def build_split_evaluators(recipe: Recipe, split: str) -> dict[str, Evaluator]:
+    """Evaluators of every task that has ``split`` ("opt", "test" or "validation")."""
     return {
         task.name: build_evaluator(task.evaluator, task.split_options(split))
         for task in recipe.tasks
-        if split == "opt" or task.test is not None
+        if split == "opt" or getattr(task, split) is not None
     }
 
 
@@ -213,7 +214,11 @@ class Worker:
                 return self.breeder.base()
             return self.breeder.expert(job.expert_index)
         parents = [self.breeder.load(self.run_dir / p) for p in job.parent_paths]
-        return self.breeder.breed(parents, job.weights, job.mutation_task, job.mutation_seed)
+        if job.combine:
+            return self.breeder.combine(parents, job.weights)
+        return self.breeder.breed(
+            parents, job.weights, job.mutation_task, job.mutation_seed, scale=job.scale
+        )
 
     def close(self) -> None:
         for evaluator in self.evaluators.values():
