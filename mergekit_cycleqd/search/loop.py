@@ -37,6 +37,7 @@ from mergekit_cycleqd.search.jobs import Job, JobResult
 from mergekit_cycleqd.search.kinds import make_search
 from mergekit_cycleqd.search.progress import RunProgress, StepProgress
 from mergekit_cycleqd.search.sampling import sample_parents
+from mergekit_cycleqd.search.seeds import check_some_seed_scored, seed_jobs
 from mergekit_cycleqd.search.signals import GracefulStop
 from mergekit_cycleqd.search.worker import Worker
 
@@ -180,40 +181,8 @@ class CycleQD:
         self._filed_since_backup = 0
 
     def _run_seeds(self, interrupt: GracefulStop) -> None:
-        """Score every expert (and the base) once; a seed that failed before is tried again.
-
-        A failed seed is not part of the search's history (no child descends from it),
-        so retrying it on resume is safe, and its failure is usually transient (disk
-        full, an evaluator's server down).
-        """
-        seeds = self.ledger.children(role="seed", status=None)
-        done = {r.name for r in seeds if r.ok}
-        failed_before = {r.name: r.error for r in seeds if not r.ok}
-        jobs = [
-            Job(
-                generation=0,
-                role="seed",
-                name=f"seed:{e.name}",
-                model_stem=f"children/seed-{i}",
-                expert_index=i,
-            )
-            for i, e in enumerate(self.recipe.experts)
-        ]
-        if self.recipe.search.seed_base:
-            jobs.append(Job(
-                    generation=0,
-                    role="seed",
-                    name="seed:base",
-                    model_stem="children/seed-base",
-                    expert_index=None,
-                ))
-        pending = [job for job in jobs if job.name not in done]
-        for job in pending:
-            if job.name in failed_before:
-                log.warning(
-                    "%s failed to score before (%s); trying it again", job.name,
-                    failed_before[job.name],
-                )
+        """Score every expert (and the base) once; see ``seeds.seed_jobs``."""
+        pending = seed_jobs(self.recipe, self.ledger)
         with StepProgress("seeds", len(pending)) as progress:
             while pending or self.executor.in_flight():
                 while pending and not interrupt.requested and (
@@ -226,13 +195,7 @@ class CycleQD:
                     return
                 self.tell(self.executor.next_result())
                 progress.done()
-        latest = {r.name: r for r in self.ledger.children(role="seed", status=None)}
-        if not any(s.ok for s in latest.values()):
-            errors = "; ".join(f"{s.name}: {s.error}" for s in latest.values())
-            raise RunError(
-                f"every seed model failed to score, nothing to evolve from: {errors}. "
-                f"Fix the cause, then continue with --resume (failed seeds are retried)."
-            )
+        check_some_seed_scored(self.ledger)
 
     def _fix_ranges(self) -> None:
         """BC ranges: explicit in the recipe, else 85 %/115 % of the experts' scores."""
