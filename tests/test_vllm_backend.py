@@ -4,6 +4,9 @@ when these run). One resident engine per module: each start costs seconds."""
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -142,3 +145,23 @@ def test_memory_does_not_grow_over_50_swaps(family, references, resident):
     # keeping one child per swap alive would add 40 of them; allow allocator noise of three
     assert growth < 3 * child_bytes, f"RSS grew {growth / 2**20:.1f} MiB over 40 swaps"
     _assert_same(greedy(resident.llm, PROMPTS), references[experts[1].name])
+
+
+def test_engine_in_its_own_process_takes_children_through_a_folder(family, references):
+    """in_process=False: the child goes to the engine process as a temporary folder."""
+    base, (first, second) = family
+    sequence = [first, base, second]
+    env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1")  # the tied head's re-tie
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.vllm_multiprocess_child", str(base), *map(str, sequence)],
+        input=json.dumps(PROMPTS),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ROWS ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    for rows, model in zip(json.loads(lines[0][5:]), sequence, strict=True):
+        _assert_same(rows, references[model.name])

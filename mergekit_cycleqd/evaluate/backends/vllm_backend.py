@@ -77,7 +77,8 @@ class VLLMBackend:
     CPU ``kv_cache_memory_bytes``: there ``gpu_memory_utilization`` is a share of
     host RAM). ``in_process`` keeps the engine core in this process (see
     IN_PROCESS_ENV); with it False, each child is written to a temporary folder
-    that the engine process reads.
+    that the engine process reads, and models with tied embeddings also need
+    ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (the re-tie is a function sent there).
     """
 
     name = "vllm"
@@ -117,6 +118,8 @@ class VLLMBackend:
             **engine_options,
         )
         self._tokenizer = self.llm.get_tokenizer()
+        hf_config = getattr(getattr(self.llm.llm_engine, "model_config", None), "hf_config", None)
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", True))
         self._lm: Any = None
 
     def render_chat(self, messages: Sequence[Message]) -> str:
@@ -161,7 +164,8 @@ class VLLMBackend:
                 save_file(state, str(Path(folder) / "model.safetensors"))
                 del state
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
-        self.llm.apply_model(retie_lm_head)
+        if self._tied:  # a function sent to an engine process needs VLLM_ALLOW_INSECURE_SERIALIZATION=1
+            self.llm.apply_model(retie_lm_head)
         self.llm.reset_prefix_cache()
 
     def lm_eval_model(self) -> Any:
