@@ -18,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -87,7 +88,9 @@ def toy_children_per_minute(root: Path, *, generations: int) -> dict:
     from mergekit_cycleqd.cli import main
     from mergekit_cycleqd.toy import ToyConfig, build_toy_assets
 
-    config = ToyConfig(num_heads=1, base_steps=300, expert_steps=200, n_opt=12, n_test=24)
+    wanted = dict(num_heads=ToyConfig().hidden_size // 64, n_opt=12, n_val=12, n_test=24)
+    known = {f.name for f in fields(ToyConfig)}  # n_val exists only in newer toys
+    config = ToyConfig(**{k: v for k, v in wanted.items() if k in known})
     assets = build_toy_assets(root / "toy", config=config)
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "toy.yml").read_text())
     del raw["assets"]

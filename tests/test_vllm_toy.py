@@ -2,14 +2,16 @@
 
 Greedy scoring on the same prompts must give the same scores on both backends; the
 search is seeded and decides only from scores, so both runs then breed the very same
-children, and the two ledgers must agree row by row. The toy here is built with one
-head of 64 (vLLM's CPU attention rejects the default head_dim of 16).
+children, and the two ledgers must agree row by row. The toy here has head_dim 64
+(vLLM's CPU attention rejects 16).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -56,12 +58,20 @@ def _answers(run_dir: Path) -> dict[tuple, str]:
     return answers
 
 
+def _toy_config(toy_config: type) -> Any:
+    """The toy's own training (it must learn: equal scores leave the search one elite),
+    head_dim 64 and small splits. Only fields this ToyConfig has are set."""
+    wanted = dict(num_heads=toy_config().hidden_size // 64, n_opt=12, n_val=12, n_test=24)
+    known = {f.name for f in fields(toy_config)}
+    return toy_config(**{k: v for k, v in wanted.items() if k in known})
+
+
 @pytest.mark.slow
 def test_toy_search_on_vllm_scores_like_transformers(tmp_path):
     require_vllm()
     from mergekit_cycleqd.toy import ToyConfig, build_toy_assets
 
-    config = ToyConfig(num_heads=1, base_steps=300, expert_steps=200, n_opt=12, n_test=24)
+    config = _toy_config(ToyConfig)
     assets = build_toy_assets(tmp_path / "toy", config=config)
     vllm_options = dict(CPU_OPTIONS, max_model_len=config.max_positions)
     runs = {}
