@@ -61,3 +61,28 @@ def make_family(root: Path, n_experts: int = 3, seed: int = 0, **overrides) -> t
         for k in range(n_experts)
     ]
     return base, experts
+
+
+def make_vllm_family(root: Path, n_experts: int = 2, *, tied: bool = False) -> tuple[Path, list[Path]]:
+    """A base and experts that vLLM's CPU attention accepts (head_dim 64; it rejects 16),
+    with the toy's character tokenizer saved beside each so engines can load them."""
+    from mergekit_cycleqd.toy.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    base = make_tiny_llama(
+        Path(root) / "base",
+        seed=5,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    experts = [make_expert(base, Path(root) / f"expert{k}", seed=17 + k, scale=0.3) for k in range(n_experts)]
+    for folder in [base, *experts]:
+        tokenizer.save_pretrained(folder)
+    return base, experts

