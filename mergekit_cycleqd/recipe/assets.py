@@ -14,8 +14,8 @@ def build_assets(config: AssetsConfig) -> Path:
         from mergekit_cycleqd.toy import build_toy_assets
         from mergekit_cycleqd.toy.build import ToyConfig
 
-        # quick: shorter training and small splits, for tests and smoke runs
-        quick = ToyConfig(base_steps=300, expert_steps=200, n_opt=12, n_val=12, n_test=24)
+        # quick: small splits, for tests and smoke runs
+        quick = ToyConfig(n_opt=12, n_val=12, n_test=24)  # the default training: it must learn
         build_toy_assets(folder, config=quick if config.quick else None)
     elif config.builder == "segmentation":
         from mergekit_cycleqd.toy.segmentation import (
