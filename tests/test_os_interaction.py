@@ -276,10 +276,12 @@ LATE_OUTPUT_TASK = {
 COUNT_TASKS = [
     {"description": "How many processes are running? Do not count the header of ps.",
      "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                    "example": "ps -A | tail -n +2 | wc -l"}},
+                    # no pipeline: a pipeline's members are forked while ps reads /proc, so
+                    # what ps sees depends on scheduling (in AgentBench's container too)
+                    "example": "ps -A --no-headers > /tmp/ps.txt; wc -l < /tmp/ps.txt"}},
     {"description": "How many bash processes are running?",
      "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                    "example": "ps -A -o comm= | grep -c '^bash$'"}},
+                    "example": "pgrep -c -x bash"}},
 ]
 
 

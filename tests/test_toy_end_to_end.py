@@ -45,11 +45,14 @@ def test_toy_recipe_runs_end_to_end(tmp_path, capsys) -> None:
     names = [row["name"] for row in results["rows"]]
     assert names[:4] == ["base", "expert: shift", "expert: atbash", "expert: rot13"]
     assert "task_arithmetic (mergekit)" in names and "ties (mergekit)" in names
-    assert names[-1] == "CycleQD final" and any(n.startswith("best-mean elite") for n in names)
+    # the delivered model (final.select: validated) is the one row of kind "final", last
+    assert [row["kind"] for row in results["rows"]].count("final") == 1
+    assert results["rows"][-1]["kind"] == "final" and names[-1].startswith("delivered: ")
+    assert "CycleQD aggregate" in names and any(n.startswith("best-mean elite") for n in names)
     assert results["split"] == "test"
     for row in results["rows"]:
         assert set(row["scores"]) == {"shift", "atbash", "rot13"}
         assert row["mean"] == pytest.approx(sum(row["scores"].values()) / 3)
     assert (run_dir / "final" / "aggregated" / "config.json").exists()
-    assert "| CycleQD final |" in out
+    assert "| delivered: " in out
     assert (run_dir / "report" / "report.html").exists()

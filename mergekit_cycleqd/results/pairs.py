@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from mergekit_cycleqd.recipe import load_recipe
+from mergekit_cycleqd.results.compare import run_one
 from mergekit_cycleqd.results.similarity import mergeability
 
 
@@ -57,23 +58,6 @@ def pair_recipe(raw: dict, task_a: str, task_b: str, generations: int | None) ->
     return pair
 
 
-def _run(recipe_path: Path, run_dir: Path) -> dict:
-    results = run_dir / "final" / "results.json"
-    if not results.exists():
-        from mergekit_cycleqd.results.final import finish_run
-        from mergekit_cycleqd.search.loop import CycleQD
-
-        resume = (run_dir / "ledger.sqlite").exists()
-        run = CycleQD(load_recipe(recipe_path), run_dir, resume=resume)
-        try:
-            if run.run().interrupted:
-                raise KeyboardInterrupt
-            finish_run(run)
-        finally:
-            run.close()
-    return json.loads(results.read_text())
-
-
 def run_pairs(recipe_file: Path, out_dir: Path, generations: int | None = None) -> list[PairResult]:
     """Run (or reuse) every pair's search and collect the table rows."""
     recipe = load_recipe(recipe_file)
@@ -86,7 +70,8 @@ def run_pairs(recipe_file: Path, out_dir: Path, generations: int | None = None) 
     for task_a, task_b in itertools.combinations([t.name for t in recipe.tasks], 2):
         path = out_dir / f"{task_a}-{task_b}.yml"
         path.write_text(yaml.safe_dump(pair_recipe(raw, task_a, task_b, generations), sort_keys=False))
-        results = _run(path, out_dir / f"{task_a}-{task_b}")
+        seed = recipe.search.seed
+        results = run_one(path, seed, out_dir / f"{task_a}-{task_b}")
         delivered = next(r for r in results["rows"] if r["kind"] == "final")
         own = {r["name"]: r["scores"] for r in results["rows"]}
         rows.append(
