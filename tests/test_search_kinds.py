@@ -152,8 +152,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_family, tmp_path, kind) 
     deadline = time.monotonic() + 300
     done = 0
     while time.monotonic() < deadline and done < 7 and process.poll() is None:
-        try:
-            with sqlite3.connect(killed / "ledger.sqlite") as db:
+        try:  # read-only: connecting must never create the ledger before the run does
+            with sqlite3.connect(f"file:{killed / 'ledger.sqlite'}?mode=ro", uri=True) as db:
                 done = db.execute("SELECT COUNT(*) FROM children WHERE role='child'").fetchone()[0]
         except sqlite3.OperationalError:
             pass
