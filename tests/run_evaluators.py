@@ -155,6 +155,26 @@ class WorkerKiller(WeightProbeEvaluator):
         return super().evaluate(backend)
 
 
+class PoisonChild(WeightProbeEvaluator):
+    """The first model scored after ``after`` evaluations kills its worker, and so does that
+    same model (known by its score) every time it is scored again, on any worker."""
+
+    Options = FolderOptions
+
+    def evaluate(self, backend):
+        folder = Path(self.options.folder)
+        result = super().evaluate(backend)
+        key = repr(float(result.score))
+        os.close(os.open(folder / f"eval-{os.getpid()}-{time.monotonic_ns()}", os.O_CREAT))
+        poison = folder / "poison"
+        if poison.exists() and poison.read_text() == key:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if _count(folder, "eval-") > self.options.after and _claim(folder, "kill-", 1):
+            poison.write_text(key)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+
 class Rendezvous(WeightProbeEvaluator):
     """Records each evaluation's interval; the first one waits until another worker's starts.
 
@@ -171,10 +191,9 @@ class Rendezvous(WeightProbeEvaluator):
         (folder / f"start-{pid}-{start}").touch()
         if not (folder / "met").exists():
             for _ in range(1200):  # at most two minutes
-                others = [
+                others = [  # another worker's evaluation that was running after ours began
                     p for p in folder.glob("start-*")
-                    if p.name.split("-")[1] != str(pid)
-                    and not (folder / ("end-" + p.name.removeprefix("start-"))).exists()
+                    if p.name.split("-")[1] != str(pid) and _ended_after(p, folder, start)
                 ]
                 if others:
                     break
@@ -183,6 +202,15 @@ class Rendezvous(WeightProbeEvaluator):
         result = super().evaluate(backend)
         (folder / f"end-{pid}-{start}").write_text(str(time.time_ns()))
         return result
+
+
+def _ended_after(start_file: Path, folder: Path, moment: int) -> bool:
+    """That evaluation has not ended, or ended after ``moment`` (ns)."""
+    end = folder / ("end-" + start_file.name.removeprefix("start-"))
+    try:
+        return int(end.read_text()) > moment
+    except (FileNotFoundError, ValueError):  # still running (or its end is being written)
+        return True
 
 
 class GateOptions(WeightProbeOptions):
@@ -211,6 +239,15 @@ class Gate(WeightProbeEvaluator):
                 if (folder / "go").exists():
                     break
                 time.sleep(0.1)
+        return super().evaluate(backend)
+
+
+class Jittery(WeightProbeEvaluator):
+    """Waits 0-40 ms (fresh randomness each call) before scoring: with several workers,
+    which one finishes first changes from run to run."""
+
+    def evaluate(self, backend):
+        time.sleep(int.from_bytes(os.urandom(2), "little") / 65535 * 0.04)
         return super().evaluate(backend)
 
 

@@ -163,6 +163,7 @@ def test_threads_default_to_cores_divided_by_local_workers(monkeypatch):
     try:
         for executor, count, address, options, expected in [
             ("local", 1, None, {}, 6),
+            ("local", 2, None, {}, 3),  # two worker processes on this machine
             ("ray", 3, None, {}, 2),  # three actors on this machine share its cores
             ("ray", 3, "ray://cluster:10001", {}, 6),  # remote actors: not sharing ours
             ("ray", 3, None, {"threads": 1}, 1),

@@ -228,14 +228,6 @@ def test_a_full_disk_stops_the_run_with_one_message(tiny_family, tmp_path, capsy
         assert [r.generation for r in ledger.children(role="child", status=None)] == [1]
 
 
-def test_local_executor_refuses_several_workers(tiny_family, tmp_path) -> None:
-    raw = probe_recipe(*tiny_family, generations=1)
-    raw["workers"] = {"count": 3}
-    with pytest.raises(RunError, match=r"workers\.count = 3 .*Set workers\.executor: ray"):
-        _run(raw, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
 # ---- outputs are whole or absent ------------------------------------------------------
 def test_a_half_written_final_model_is_rebuilt_on_resume(tiny_family, tmp_path) -> None:
     raw = probe_recipe(*tiny_family, generations=3)

@@ -44,6 +44,14 @@ def test_same_seed_gives_bit_identical_models_and_data(tmp_path):
     assert not all(base_a[k].equal(base_c[k]) for k in base_a)  # the seed matters
 
 
+def test_experts_are_the_same_bits_in_worker_processes_or_in_this_one(tmp_path):
+    here = build_toy_assets(tmp_path / "here", seed=5, config=TINY, processes=0)
+    workers = build_toy_assets(tmp_path / "workers", seed=5, config=TINY, processes=2)
+    for name, path in model_files(here).items():
+        a, b = load_file(str(path)), load_file(str(model_files(workers)[name]))
+        assert all(a[k].equal(b[k]) for k in a), name
+
+
 def test_assets_layout_and_tasks(tmp_path):
     assets = build_toy_assets(tmp_path / "toy", config=TINY)
     assert list(assets.experts) == list(TINY.skills) == ["shift", "atbash", "rot13"]
@@ -143,3 +151,12 @@ def test_the_default_family_is_in_the_papers_regime(val_scores):
     best_expert_mean = max(mean(s) for s in experts.values())
     assert mean(val_scores["task_sum"]) > best_expert_mean + 0.05
     assert mean(val_scores["average"]) >= best_expert_mean - 0.03
+
+
+def test_a_failing_expert_worker_names_its_skills_and_its_error(tmp_path):
+    from mergekit_cycleqd.toy.experts import ExpertWorkers
+
+    with ExpertWorkers(tmp_path, 0, TINY, processes=1) as workers:  # no base saved there
+        with pytest.raises(RuntimeError, match=r"(?s)worker for shift, atbash, rot13 failed.*"
+                                               r"model\.safetensors"):
+            workers.train(lambda skill: None)

@@ -159,11 +159,23 @@ def replay(ledger: Ledger) -> Iterator[tuple[ChildRecord, dict[str, Archive]]]:
             yield record, archives
 
 
-def archives_from_ledger(ledger: Ledger) -> dict[str, Archive]:
-    """The archives as they stand after every filed child."""
+def archives_from_ledger(
+    ledger: Ledger, upto: int | None = None, *, with_mean: bool = False
+) -> dict[str, Archive]:
+    """The archives as they stand after every filed child (of generation <= ``upto``).
+
+    ``with_mean`` adds the archive QD without cycling samples parents from
+    (``MEAN_ARCHIVE``: the best mean of all task scores per cell).
+    """
     meta = ledger.meta()
-    archives = empty_archives(meta["tasks"], int(meta["bins"]), meta["bc_ranges"])
+    tasks, bins, ranges = meta["tasks"], int(meta["bins"]), meta["bc_ranges"]
+    archives = empty_archives(tasks, bins, ranges)
+    mean = mean_archive(tasks, bins, ranges) if with_mean else None
     for record in ledger.children():
-        if filable(record, meta["tasks"]):
+        if filable(record, tasks) and (upto is None or record.generation <= upto):
             offer_to_all(archives, record)
+            if mean is not None:
+                mean.offer(record.id, record.scores)
+    if mean is not None:
+        archives[MEAN_ARCHIVE] = mean
     return archives

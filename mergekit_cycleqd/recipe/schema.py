@@ -129,8 +129,20 @@ class BackendConfig(_Strict):
 
 
 class WorkersConfig(_Strict):
-    count: Annotated[int, Field(ge=1)] = 1
-    executor: Literal["local", "ray"] = "local"
+    count: Annotated[int, Field(ge=1)] = Field(
+        1, description="jobs in flight: worker processes, each with its own resident model"
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: worker processes on this machine (count 1: in the driver's own "
+        "process); ray: Ray actors on a local or remote Ray cluster",
+    )
+    order: Literal["generation", "completion"] | None = Field(
+        None,
+        description="file results in generation order (child g is bred right after child "
+        "g - count is filed: the run does not depend on timing; the default with local) or "
+        "as they complete (no worker waits on a slow child; the default with ray)",
+    )
     ray_address: str | None = Field(
         None, description="an existing Ray cluster (e.g. ray://head:10001); default RAY_ADDRESS"
     )

@@ -8,11 +8,16 @@ own resident model) on a local or remote Ray cluster (``ray_executor``).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 
 from mergekit_cycleqd.search.jobs import Job, JobResult
+
+log = logging.getLogger(__name__)
+
+MAX_WORKER_LOSSES = 2
 
 WorkerFactory = Callable[[], "object"]
 
@@ -55,3 +60,71 @@ class InProcessExecutor(Executor):
 
     def close(self) -> None:
         self.worker.close()
+
+
+class WorkerLosses:
+    """Which jobs killed their workers: a job is run again until it has killed
+    ``MAX_WORKER_LOSSES``, then filed as failed, so one poisonous child cannot eat
+    every worker."""
+
+    def __init__(self, kind: str):
+        self.kind = kind  # "Ray worker", "local worker"
+        self.by_job: dict[str, list[str]] = {}
+
+    def record(self, job: Job, reason: str) -> JobResult | None:
+        """Count a loss; the failed result once the job has lost too many workers, else None."""
+        losses = self.by_job.setdefault(job.name, [])
+        losses.append(reason)
+        if len(losses) >= MAX_WORKER_LOSSES:
+            log.warning(
+                "a %s died running %s (%s); it is the %d. worker lost to this job, so "
+                "%s is filed as failed; a new worker replaces the lost one",
+                self.kind, job.name, reason, len(losses), job.name,
+            )
+            return JobResult(
+                job, "failed", error=f"killed {len(losses)} {self.kind}s (last: {reason})"
+            )
+        log.warning(
+            "a %s died running %s (%s); replaced it and running %s again",
+            self.kind, job.name, reason, job.name,
+        )
+        return None
+
+
+class InGenerationOrder(Executor):
+    """Hands results back in the order their jobs were submitted.
+
+    With W jobs in flight, the driver then asks for child g right after filing
+    child g - W, whatever order the workers finish in: the archives each child is
+    bred from, and so the whole run, do not depend on timing (``workers.order:
+    generation``). A slow job holds back the filing of later ones.
+    """
+
+    def __init__(self, inner: Executor):
+        self.inner = inner
+        self.capacity = inner.capacity
+        self.order: deque[str] = deque()
+        self.done: dict[str, JobResult] = {}
+
+    def submit(self, job: Job) -> None:
+        self.order.append(job.name)
+        self.inner.submit(job)
+
+    def next_result(self) -> JobResult:
+        head = self.order[0]
+        while head not in self.done:
+            result = self.inner.next_result()
+            self.done[result.job.name] = result
+        self.order.popleft()
+        return self.done.pop(head)
+
+    def in_flight(self) -> int:
+        return len(self.order)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str):  # the inner executor's extras (worker, replaced...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

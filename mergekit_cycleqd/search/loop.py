@@ -24,7 +24,6 @@ from mergekit_cycleqd.filing.archive import (
     Archive,
     archives_from_ledger,
     filable,
-    mean_archive,
     offer_to_all,
     paper_range,
 )
@@ -32,14 +31,14 @@ from mergekit_cycleqd.filing.ledger import BACKUP_NAME, Ledger
 from mergekit_cycleqd.filing.runfolder import RunFolder
 from mergekit_cycleqd.recipe import Recipe, RecipeError
 from mergekit_cycleqd.recipe.models import hub_id, resolve_models
-from mergekit_cycleqd.search.executor import Executor, InProcessExecutor
+from mergekit_cycleqd.search.executor import Executor
 from mergekit_cycleqd.search.jobs import Job, JobResult
 from mergekit_cycleqd.search.kinds import make_search
 from mergekit_cycleqd.search.progress import RunProgress, StepProgress
 from mergekit_cycleqd.search.sampling import sample_parents
 from mergekit_cycleqd.search.seeds import check_some_seed_scored, seed_jobs
 from mergekit_cycleqd.search.signals import GracefulStop
-from mergekit_cycleqd.search.worker import Worker
+from mergekit_cycleqd.search.start_workers import make_executor
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ class CycleQD:
         self.recipe = recipe
         self.retry_failed = retry_failed
         self.folder = RunFolder(run_dir)
-        self._check_workers()
         self._lock = self.folder.lock()  # one writer per run folder, for our whole life
         self.ledger: Ledger | None = None
         try:
@@ -87,16 +85,14 @@ class CycleQD:
         self.executor: Executor | None = None
         self._filed_since_backup = 0
         self.search = None  # search.kind other than cycleqd: built and replayed in run()
+        self._newest_filed = 0  # the newest generation filed (for _archives_for)
 
-    def _check_workers(self) -> None:
+    @property
+    def lag(self) -> int | None:
+        """Child g is asked right after child g - lag is filed (None: results as they come)."""
         workers = self.recipe.workers
-        if workers.executor == "local" and workers.count != 1:
-            raise RunError(
-                f"workers.count = {workers.count} with workers.executor: local: the local "
-                f"executor runs one job at a time in this process. Set workers.executor: ray "
-                f"(pip install ray; it runs {workers.count} workers on this machine or a "
-                f"cluster), or use workers.count: 1 (--workers 1)."
-            )
+        order = workers.order or ("generation" if workers.executor == "local" else "completion")
+        return workers.count if order == "generation" else None
 
     def _resolve_models(self) -> tuple[Path, list[Path]]:
         if self.recipe.assets is not None:
@@ -126,23 +122,6 @@ class CycleQD:
             },
         )
 
-    # ---- executor -----------------------------------------------------------
-    def _make_executor(self) -> Executor:
-        workers = self.recipe.workers
-        if workers.executor == "ray":
-            from mergekit_cycleqd.search.ray_executor import RayExecutor
-
-            return RayExecutor(
-                self.recipe,
-                self.folder.root,
-                self.base,
-                self.experts,
-                self.folder.recipe_path.read_text(encoding="utf-8"),
-            )
-        return InProcessExecutor(
-            lambda: Worker(self.recipe, self.folder.root, self.base, self.experts)
-        )
-
     # ---- phases -------------------------------------------------------------
     def run(self, generations: int | None = None) -> RunSummary:
         """Run seeds and the cycle up to ``generations`` (default: the recipe's)."""
@@ -150,13 +129,14 @@ class CycleQD:
         interrupt = GracefulStop()
         try:
             with interrupt:
-                self.executor = self._make_executor()
+                self.executor = make_executor(
+                    self.recipe, self.folder.root, self.base, self.experts,
+                    self.folder.recipe_path.read_text(encoding="utf-8"), self.lag,
+                )
                 self._run_seeds(interrupt)
                 if not interrupt.requested:
                     self._fix_ranges()
-                    self.archives = archives_from_ledger(self.ledger)
-                    if not self.recipe.search.cycle:
-                        self.archives[MEAN_ARCHIVE] = self._mean_archive()
+                    self.archives = self._archives()
                     self._write_all_elite_configs()
                     self.search = make_search(self.recipe)
                     if self.search is not None:
@@ -214,6 +194,8 @@ class CycleQD:
     def _cycle(self, total: int, interrupt: GracefulStop) -> None:
         """Issue and file children until ``total`` or a stop signal."""
         pending = self._pending_generations(total)
+        filed = [r.generation for r in self.ledger.children(role="child", status=None)]
+        self._newest_filed = max(filed, default=0)
         progress = RunProgress(self.tasks, total, initial=total - len(pending))
         with progress:
             progress.update(self.archives, None)
@@ -258,7 +240,7 @@ class CycleQD:
         rng = np.random.default_rng([self.recipe.search.seed, generation])
         search = self.recipe.search
         archive = task if search.cycle else MEAN_ARCHIVE
-        parents = sample_parents(self.archives, archive, search.sampling, rng)
+        parents = sample_parents(self._archives_for(generation), archive, search.sampling, rng)
         weights = rng.normal(search.crossover.mu, search.crossover.sigma, size=2)
         mutation_seed = int(rng.integers(0, 2**31 - 1))
         scale = 1.0  # drawn last, so recipes without a scale keep their random streams
@@ -279,14 +261,22 @@ class CycleQD:
             scale=scale,
         )
 
-    def _mean_archive(self) -> Archive:
-        """QD without cycling: the one archive parents come from, replayed from the ledger."""
-        meta = self.ledger.meta()
-        archive = mean_archive(self.tasks, int(meta["bins"]), meta["bc_ranges"])
-        for record in self.ledger.children():
-            if filable(record, self.tasks):
-                archive.offer(record.id, record.scores)
-        return archive
+    def _archives(self, upto: int | None = None) -> dict[str, Archive]:
+        """The archives replayed from the ledger (children of generation <= ``upto``)."""
+        return archives_from_ledger(self.ledger, upto, with_mean=not self.recipe.search.cycle)
+
+    def _archives_for(self, generation: int) -> dict[str, Archive]:
+        """What child ``generation`` is bred from: every child up to ``generation - lag``.
+
+        While running, that is exactly what has been filed when the child is asked;
+        right after a resume, newer children are filed already and are left out, so a
+        resumed run asks every child from the archives an uninterrupted run used.
+        """
+        lag = self.lag
+        upto = max(0, generation - lag) if lag is not None else None  # seeds are generation 0
+        if upto is None or lag == 1 or self._newest_filed <= upto:
+            return self.archives
+        return self._archives(upto=upto)
 
     def _coefficient_job(self, generation: int) -> Job:
         """theta_b + sum_k a_k tau_k with a from the search kind's optimiser."""
@@ -331,6 +321,8 @@ class CycleQD:
             merge_s=result.merge_s,
             eval_s=result.eval_s,
         )
+        if job.role == "child":
+            self._newest_filed = max(self._newest_filed, job.generation)
         if self.search is not None and job.role == "child":
             scores = {s.task: s.score for s in result.scores}
             self.search.tell(job.generation, scores if result.status == "ok" else None)

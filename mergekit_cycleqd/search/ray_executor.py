@@ -3,7 +3,7 @@
 A worker process can die under a job (SIGKILL, OOM killer, a lost node). The job's
 result then never comes; Ray reports the actor as dead. The executor replaces the
 actor with a new one built the same way, and runs the job again on a live worker.
-A job that has killed ``MAX_WORKER_LOSSES`` workers is filed as failed with the
+A job that has killed ``executor.MAX_WORKER_LOSSES`` workers is filed as failed with the
 reason, so one poisonous child cannot eat the cluster.
 """
 
@@ -16,12 +16,10 @@ from pathlib import Path
 
 from mergekit_cycleqd.errors import RunError
 from mergekit_cycleqd.recipe import Recipe
-from mergekit_cycleqd.search.executor import Executor
+from mergekit_cycleqd.search.executor import Executor, WorkerLosses
 from mergekit_cycleqd.search.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
-
-MAX_WORKER_LOSSES = 2
 
 
 def start_ray(ray, *, address: str | None, timeout_s: float) -> None:
@@ -80,7 +78,7 @@ class RayExecutor(Executor):
         self.capacity = settings.count
         self.idle = [self._new_actor() for _ in range(settings.count)]
         self.pending: dict[object, tuple[object, Job]] = {}
-        self.losses: dict[str, list[str]] = {}
+        self.losses = WorkerLosses("Ray worker")
         self.replaced = 0
 
     def _new_actor(self):
@@ -115,26 +113,12 @@ class RayExecutor(Executor):
         except Exception:  # already gone
             pass
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        losses = self.losses.setdefault(job.name, [])
-        losses.append(reason)
         self.replaced += 1
         replacement = self._new_actor()
-        if len(losses) >= MAX_WORKER_LOSSES:
-            log.warning(
-                "a Ray worker died running %s (%s); it is the %d. worker lost to this job, so "
-                "%s is filed as failed; a new worker replaces the lost one",
-                job.name, reason, len(losses), job.name,
-            )
+        failed = self.losses.record(job, reason)
+        if failed is not None:
             self.idle.append(replacement)
-            return JobResult(
-                job,
-                "failed",
-                error=f"killed {len(losses)} Ray workers (last: {reason})",
-            )
-        log.warning(
-            "a Ray worker died running %s (%s); replaced it and running %s again",
-            job.name, reason, job.name,
-        )
+            return failed
         self.pending[replacement.run.remote(job)] = (replacement, job)
         return None
 

@@ -73,7 +73,8 @@ def set_worker_threads(recipe: Recipe) -> int:
     from mergekit_cycleqd.evaluate.backends.threads import apply_threads, choose_threads
 
     workers = recipe.workers
-    local = workers.count if workers.executor == "ray" and workers.ray_address is None else 1
+    on_this_machine = workers.executor == "local" or workers.ray_address is None
+    local = workers.count if on_this_machine else 1
     requested = recipe.backend.options.get("threads")
     return apply_threads(choose_threads(requested, local_workers=local))
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -21,7 +19,7 @@ matplotlib.use("Agg")  # headless: reports are written on servers without displa
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
 
 from mergekit_cycleqd.filing.archive import Archive  # noqa: E402
 from mergekit_cycleqd.filing.ledger import ChildRecord  # noqa: E402
@@ -127,7 +125,8 @@ def animation_gif(
     if not frames:
         raise ValueError("no filed children: nothing to animate")
     fig, axes = plt.subplots(
-        1, len(tasks), figsize=(3.6 * len(tasks), _height(archives, 3.3)), squeeze=False
+        1, len(tasks), figsize=(3.6 * len(tasks), _height(archives, 3.3)), squeeze=False,
+        dpi=72,
     )
     artists = []
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -136,21 +135,45 @@ def animation_gif(
         fig.colorbar(artists[-1], ax=ax)
     title = fig.suptitle("")
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-
-    def update(index: int):
-        frame = frames[index]
-        for artist, task in zip(artists, tasks, strict=True):
-            artist.set_data(np.ma.masked_invalid(projected_grid(frame.grids[task])))
-        title.set_text(f"after {frame.filed} models (generation {frame.generation})")
-        return [*artists, title]
-
-    animation = FuncAnimation(fig, update, frames=len(frames), blit=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "archives.gif"
-        animation.save(path, writer=PillowWriter(fps=fps), dpi=72)
-        data = path.read_bytes()
+    images = _blitted_frames(fig, artists, title, [
+        (
+            [projected_grid(frame.grids[task]) for task in tasks],
+            f"after {frame.filed} models (generation {frame.generation})",
+        )
+        for frame in frames
+    ])
     plt.close(fig)
-    return data
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer, format="GIF", save_all=True, append_images=images[1:],
+        duration=round(1000 / fps), loop=0,
+    )
+    return buffer.getvalue()
+
+
+def _blitted_frames(fig, artists, title, frames) -> list[PILImage.Image]:
+    """Each frame drawn over one cached background (axes, labels, colour bars).
+
+    Redrawing the whole figure per frame (what ``FuncAnimation`` does when saving)
+    cost ~70 ms a frame, seconds per report; only the images and the title change.
+    """
+    for artist in (*artists, title):
+        artist.set_visible(False)
+    fig.canvas.draw()
+    background = fig.canvas.copy_from_bbox(fig.bbox)
+    for artist in (*artists, title):
+        artist.set_visible(True)
+    images = []
+    for grids, text in frames:
+        fig.canvas.restore_region(background)
+        for artist, grid in zip(artists, grids, strict=True):
+            artist.set_data(np.ma.masked_invalid(grid))
+            artist.axes.draw_artist(artist)
+        title.set_text(text)
+        fig.draw_artist(title)
+        rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+        images.append(PILImage.fromarray(rgb.copy()).quantize(colors=255))
+    return images
 
 
 def progress_png(stats: Sequence[GenerationStats], tasks: Sequence[str]) -> bytes:

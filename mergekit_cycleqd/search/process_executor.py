@@ -1,0 +1,129 @@
+"""The local multi-process executor: ``count`` worker processes on this machine, no Ray.
+
+Each worker is ``python -m mergekit_cycleqd.search.process_worker`` with its own
+resident model, breeder and evaluators, talking to the driver over two pipes
+(pickled jobs in, pickled results out). Workers run in their own session, so a
+Ctrl-C in the terminal reaches only the driver, which finishes the jobs in flight
+and stops; a worker whose driver is gone reads end-of-file and exits. A worker that
+dies under a job is replaced and the job runs again, as with Ray (``WorkerLosses``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from mergekit_cycleqd.errors import RunError
+from mergekit_cycleqd.search.executor import Executor, WorkerLosses
+from mergekit_cycleqd.search.jobs import Job, JobResult
+
+log = logging.getLogger(__name__)
+
+
+class _Process:
+    """One worker process and the driver's ends of its two pipes."""
+
+    def __init__(self, setup: tuple[str, str, str, list[str]]):
+        to_worker_read, to_worker_write = os.pipe()
+        from_worker_read, from_worker_write = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mergekit_cycleqd.search.process_worker",
+             str(to_worker_read), str(from_worker_write)],
+            pass_fds=(to_worker_read, from_worker_write),
+            start_new_session=True,  # the terminal's Ctrl-C is the driver's to handle
+        )
+        os.close(to_worker_read)
+        os.close(from_worker_write)
+        self.inbox = Connection(from_worker_read, writable=False)
+        self.outbox = Connection(to_worker_write, readable=False)
+        self.outbox.send(setup)
+        self.ready = False
+        self.job: Job | None = None
+
+    def receive(self) -> object:
+        """The worker's next message; EOFError when it died."""
+        return self.inbox.recv()
+
+    def close(self) -> None:
+        for end in (self.outbox, self.inbox):
+            end.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+class ProcessExecutor(Executor):
+    """``count`` local worker processes, each a Worker with its own resident model."""
+
+    def __init__(
+        self, run_dir: Path, base: Path, experts: list[Path], recipe_text: str, count: int
+    ):
+        self.setup = (recipe_text, str(run_dir), str(base), [str(e) for e in experts])
+        self.capacity = count
+        self.losses = WorkerLosses("local worker")
+        self.processes = [_Process(self.setup) for _ in range(count)]
+        self.finished: list[JobResult] = []
+
+    def submit(self, job: Job) -> None:
+        process = next(p for p in self.processes if p.job is None)
+        process.job = job
+        process.outbox.send(job)
+
+    def in_flight(self) -> int:
+        return sum(p.job is not None for p in self.processes) + len(self.finished)
+
+    def next_result(self) -> JobResult:
+        while not self.finished:
+            busy = {p.inbox: p for p in self.processes if p.job is not None or not p.ready}
+            if not any(p.job is not None for p in self.processes):
+                raise RuntimeError("next_result() with no job in flight")
+            for inbox in wait(list(busy)):
+                self._read(busy[inbox])
+        return self.finished.pop(0)
+
+    def _read(self, process: _Process) -> None:
+        try:
+            message = process.receive()
+        except (EOFError, OSError):
+            self._lost(process)
+            return
+        kind, payload = message
+        if kind == "ready":
+            process.ready = True
+        elif kind == "result":
+            process.job = None
+            self.finished.append(payload)
+        else:  # "error": the worker cannot go on (bad setup, a full disk): the run stops
+            job = process.job
+            self.close()
+            where = f" running {job.name}" if job is not None else ""
+            raise RunError(f"a local worker stopped{where}: {payload}")
+
+    def _lost(self, process: _Process) -> None:
+        """Replace a dead worker; run its job again, or file it failed after repeated losses."""
+        job = process.job
+        code = process.process.wait()
+        if not process.ready:  # it never started: a replacement would fail the same way
+            self.close()
+            raise RunError(
+                f"a local worker exited (code {code}) while starting; its error is above"
+            )
+        process.close()
+        self.processes[self.processes.index(process)] = _Process(self.setup)
+        if job is None:
+            return
+        reason = f"the worker process exited with code {code}"
+        failed = self.losses.record(job, reason)
+        if failed is not None:
+            self.finished.append(failed)
+        else:
+            self.submit(job)
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.close()
+        self.processes = []

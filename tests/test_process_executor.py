@@ -1,0 +1,165 @@
+"""Several local worker processes (``workers.count > 1`` without Ray).
+
+Results are filed in generation order, so a run with W workers is the same run
+whatever order the workers finish in, after a dead worker, and after the driver is
+killed and resumed. The evaluators in ``tests/run_evaluators.py`` are named by import
+path: worker processes import them (the repository is on their PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mergekit_cycleqd.filing.ledger import Ledger
+from mergekit_cycleqd.recipe import parse_recipe
+from mergekit_cycleqd.search.loop import CycleQD
+from tests.probe_recipe import probe_recipe, write_recipe
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(autouse=True)
+def _workers_import_the_test_evaluators(monkeypatch):
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", REPO if not path else f"{REPO}{os.pathsep}{path}")
+
+
+def _recipe(family, *, generations: int, count: int = 2, evaluator: str | None = None,
+            **options) -> dict:
+    raw = probe_recipe(*family, generations=generations)
+    raw["workers"] = {"count": count}
+    if evaluator is not None:
+        raw["tasks"][0]["evaluator"] = f"tests.run_evaluators:{evaluator}"
+        raw["tasks"][0]["options"].update(options)
+    return raw
+
+
+def _run(raw: dict, run_dir: Path):
+    run = CycleQD(parse_recipe(yaml.safe_dump(raw)), run_dir)
+    try:
+        return run.run()
+    finally:
+        run.close()
+
+
+def _rows(run_dir: Path) -> list[tuple]:
+    """Every filed model and score, without timings or paths."""
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        return [
+            (r.id, r.generation, r.role, r.name, r.active_task, r.parents, r.weights,
+             r.mutation_seed, r.status, sorted(r.scores.items()))
+            for r in ledger.children(status=None)
+        ]
+
+
+def test_two_workers_evaluate_at_once_and_each_child_is_bred_two_filings_back(
+    tiny_family, tmp_path
+) -> None:
+    folder = tmp_path / "intervals"
+    folder.mkdir()
+    raw = _recipe(tiny_family, generations=10, evaluator="Rendezvous", folder=str(folder))
+    summary = _run(raw, tmp_path / "run")
+    assert summary.generations_done == 10 and summary.failed == 0
+    intervals = []
+    for end in folder.glob("end-*"):
+        _, pid, start = end.name.split("-")
+        intervals.append((int(pid), int(start), int(end.read_text())))
+    assert len({pid for pid, _, _ in intervals}) == 2 and len(intervals) == 3 + 10
+    assert any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in intervals for b in intervals)
+    rows = _rows(tmp_path / "run")
+    generation_of = {row[0]: row[1] for row in rows}
+    children = [row for row in rows if row[2] == "child"]
+    assert [row[1] for row in children] == list(range(1, 11))  # filed in generation order
+    for _, generation, _, _, _, parents, *_ in children:
+        assert all(generation_of[p] <= max(0, generation - 2) for p in parents), parents
+
+
+def test_the_run_does_not_depend_on_which_worker_finishes_first(tiny_family, tmp_path) -> None:
+    raw = _recipe(tiny_family, generations=16, evaluator="Jittery")
+    _run(raw, tmp_path / "a")
+    _run(raw, tmp_path / "b")
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    one = _recipe(tiny_family, generations=16, count=1, evaluator="Jittery")
+    _run(one, tmp_path / "one")
+    assert _rows(tmp_path / "one") != _rows(tmp_path / "a")  # the lag is real
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(tiny_family, tmp_path, caplog) -> None:
+    folder = tmp_path / "kills"
+    folder.mkdir()
+    killed = _recipe(tiny_family, generations=10, evaluator="WorkerKiller", folder=str(folder),
+                     after=7, times=1)
+    summary = _run(killed, tmp_path / "killed")
+    assert len(list(folder.glob("kill-*"))) == 1  # a worker really died
+    assert summary.generations_done == 10 and summary.failed == 0
+    _run(_recipe(tiny_family, generations=10), tmp_path / "reference")
+    assert _rows(tmp_path / "killed") == _rows(tmp_path / "reference")
+    assert "a local worker died running" in caplog.text
+
+
+def test_a_child_that_kills_two_workers_is_filed_failed(tiny_family, tmp_path) -> None:
+    folder = tmp_path / "kills"
+    folder.mkdir()
+    raw = _recipe(tiny_family, generations=6, evaluator="PoisonChild", folder=str(folder),
+                  after=5)  # the 6th evaluation's model (gen 3) kills every worker that scores it
+    summary = _run(raw, tmp_path / "run")
+    assert summary.generations_done == 6
+    failed = [row for row in _rows(tmp_path / "run") if row[8] != "ok"]
+    assert [row[1] for row in failed] == [3] and summary.failed == 1
+    with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
+        error = next(r.error for r in ledger.children(status=None) if not r.ok)
+    assert error.startswith("killed 2 local workers (last: the worker process exited with code -9")
+
+
+def _driver(recipe: Path, run_dir: Path, resume: bool) -> list[str]:
+    args = ["-m", "mergekit_cycleqd.cli", str(recipe), "--out", str(run_dir), "--no-final"]
+    return [sys.executable, *args, *(["--resume"] if resume else [])]
+
+
+def _filed(run_dir: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{run_dir / 'ledger.sqlite'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM children WHERE role='child'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _workers_gone(timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", "mergekit_cycleqd.search.process_worker"],
+                               capture_output=True)
+        if found.returncode == 1:  # no such process
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_the_driver_then_resume_matches_uninterrupted(tiny_family, tmp_path) -> None:
+    recipe = write_recipe(tmp_path / "recipe.yml", _recipe(tiny_family, generations=30))
+    reference = tmp_path / "reference"
+    subprocess.run(_driver(recipe, reference, False), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    for attempt, at in enumerate((5, 14)):
+        process = subprocess.Popen(_driver(recipe, killed, attempt > 0),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _filed(killed) < at and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert _workers_gone(), "the driver's worker processes outlived it"
+    assert _filed(killed) < 30
+    subprocess.run(_driver(recipe, killed, True), check=True, capture_output=True)
+    assert _rows(killed) == _rows(reference)
