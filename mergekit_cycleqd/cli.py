@@ -106,12 +106,20 @@ def cmd_run(argv: list[str]) -> int:
         recipe.search.seed = args.seed
     run_dir = args.out or Path(recipe.output.dir or Path("runs") / recipe.name)
     from mergekit_cycleqd.recipe.checks import check_recipe
-
-    check_recipe(recipe, source=str(args.recipe))  # before any run folder exists
-
     from mergekit_cycleqd.search.loop import CycleQD
+    from mergekit_cycleqd.search.start_workers import start_early
 
-    run = CycleQD(recipe, run_dir, resume=args.resume, retry_failed=args.retry_failed)
+    early = start_early(recipe)  # local worker processes import while we check and build
+    try:
+        check_recipe(recipe, source=str(args.recipe))  # before any run folder exists
+        run = CycleQD(
+            recipe, run_dir, resume=args.resume, retry_failed=args.retry_failed,
+            early_workers=early,
+        )
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     try:
         summary = run.run()
         print_summary(summary)

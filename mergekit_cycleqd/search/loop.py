@@ -15,6 +15,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from mergekit_cycleqd.search.sampling import sample_parents
 from mergekit_cycleqd.search.seeds import check_some_seed_scored, seed_jobs
 from mergekit_cycleqd.search.signals import GracefulStop
 from mergekit_cycleqd.search.start_workers import make_executor
+
+if TYPE_CHECKING:
+    from mergekit_cycleqd.search.process_executor import EarlyWorkers
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,17 @@ class CycleQD:
     """Runs (or resumes) one recipe into one run folder."""
 
     def __init__(
-        self, recipe: Recipe, run_dir: Path, resume: bool = False, *, retry_failed: bool = False
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        resume: bool = False,
+        *,
+        retry_failed: bool = False,
+        early_workers: EarlyWorkers | None = None,
     ):
         self.recipe = recipe
         self.retry_failed = retry_failed
+        self.early_workers = early_workers  # local worker processes started by the caller
         self.folder = RunFolder(run_dir)
         self._lock = self.folder.lock()  # one writer per run folder, for our whole life
         self.ledger: Ledger | None = None
@@ -132,6 +143,7 @@ class CycleQD:
                 self.executor = make_executor(
                     self.recipe, self.folder.root, self.base, self.experts,
                     self.folder.recipe_path.read_text(encoding="utf-8"), self.lag,
+                    self.early_workers,
                 )
                 self._run_seeds(interrupt)
                 if not interrupt.requested:
@@ -373,7 +385,9 @@ class CycleQD:
         )
 
     def close(self) -> None:
-        """Close the ledger and let go of the run folder's lock."""
+        """Close the ledger and let go of the run folder's lock (and unused early workers)."""
+        if self.early_workers is not None:
+            self.early_workers.close()
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class _Process:
     """One worker process and the driver's ends of its two pipes."""
 
-    def __init__(self, setup: tuple[str, str, str, list[str]]):
+    def __init__(self) -> None:
         to_worker_read, to_worker_write = os.pipe()
         from_worker_read, from_worker_write = os.pipe()
         self.process = subprocess.Popen(
@@ -40,9 +40,13 @@ class _Process:
         os.close(from_worker_write)
         self.inbox = Connection(from_worker_read, writable=False)
         self.outbox = Connection(to_worker_write, readable=False)
-        self.outbox.send(setup)
         self.ready = False
         self.job: Job | None = None
+
+    def start(self, setup: tuple[str, str, str, list[str]]) -> _Process:
+        """Hand the worker its run; until then it only imports its libraries."""
+        self.outbox.send(setup)
+        return self
 
     def receive(self) -> object:
         """The worker's next message; EOFError when it died."""
@@ -56,16 +60,40 @@ class _Process:
         self.process.wait()
 
 
+class EarlyWorkers:
+    """Worker processes started before their run is known (the driver still checks the
+    recipe, builds assets, opens the ledger): their imports overlap that work."""
+
+    def __init__(self, count: int):
+        self.processes = [_Process() for _ in range(count)]
+
+    def take(self) -> list[_Process]:
+        processes, self.processes = self.processes, []
+        return processes
+
+    def close(self) -> None:
+        for process in self.take():
+            process.close()
+
+
 class ProcessExecutor(Executor):
     """``count`` local worker processes, each a Worker with its own resident model."""
 
     def __init__(
-        self, run_dir: Path, base: Path, experts: list[Path], recipe_text: str, count: int
+        self,
+        run_dir: Path,
+        base: Path,
+        experts: list[Path],
+        recipe_text: str,
+        count: int,
+        early: EarlyWorkers | None = None,
     ):
         self.setup = (recipe_text, str(run_dir), str(base), [str(e) for e in experts])
         self.capacity = count
         self.losses = WorkerLosses("local worker")
-        self.processes = [_Process(self.setup) for _ in range(count)]
+        processes = early.take()[:count] if early is not None else []
+        processes += [_Process() for _ in range(count - len(processes))]
+        self.processes = [p.start(self.setup) for p in processes]
         self.finished: list[JobResult] = []
 
     def submit(self, job: Job) -> None:
@@ -113,7 +141,7 @@ class ProcessExecutor(Executor):
                 f"a local worker exited (code {code}) while starting; its error is above"
             )
         process.close()
-        self.processes[self.processes.index(process)] = _Process(self.setup)
+        self.processes[self.processes.index(process)] = _Process().start(self.setup)
         if job is None:
             return
         reason = f"the worker process exited with code {code}"

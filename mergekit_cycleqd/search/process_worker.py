@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     inbox, outbox = Connection(in_fd, writable=False), Connection(out_fd, readable=False)
     logging.basicConfig(level=logging.WARNING)
     try:
+        import torch  # noqa: F401  (imported while the driver still prepares the run)
+        import transformers  # noqa: F401
+
         from mergekit_cycleqd.merge.methods import register_methods
         from mergekit_cycleqd.recipe import parse_recipe
         from mergekit_cycleqd.search.worker import Worker
