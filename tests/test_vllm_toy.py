@@ -34,6 +34,7 @@ def _recipe(tmp_path: Path, assets, backend: dict) -> Path:
         task["options"]["include_path"] = str(assets.task_dir)
     raw["backend"] = backend
     raw["search"]["generations"] = GENERATIONS
+    raw["workers"] = {"count": 1}  # one engine per backend is enough here
     raw["final"] = {"baselines": [], "evaluate_test": False, "similarity": False}
     path = tmp_path / f"toy-{backend['kind']}.yml"
     path.write_text(yaml.safe_dump(raw))
