@@ -251,6 +251,17 @@ class Jittery(WeightProbeEvaluator):
         return super().evaluate(backend)
 
 
+class RecordGpus(WeightProbeEvaluator):
+    """Writes the CUDA_VISIBLE_DEVICES its worker process was given into the folder."""
+
+    Options = FolderOptions
+
+    def evaluate(self, backend):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        (Path(self.options.folder) / f"gpus-{os.getpid()}").write_text(visible)
+        return super().evaluate(backend)
+
+
 RAY_EVALUATORS = {"worker_killer": "WorkerKiller", "rendezvous": "Rendezvous"}
 
 

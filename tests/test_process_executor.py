@@ -163,3 +163,25 @@ def test_sigkill_the_driver_then_resume_matches_uninterrupted(tiny_family, tmp_p
     assert _filed(killed) < 30
     subprocess.run(_driver(recipe, killed, True), check=True, capture_output=True)
     assert _rows(killed) == _rows(reference)
+
+
+def test_each_local_worker_owns_its_gpus(tiny_family, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6,7")
+    folder = tmp_path / "gpus"
+    folder.mkdir()
+    raw = _recipe(tiny_family, generations=4, evaluator="RecordGpus", folder=str(folder))
+    raw["workers"]["gpus_per_worker"] = 2
+    _run(raw, tmp_path / "run")
+    assert sorted(p.read_text() for p in folder.glob("gpus-*")) == ["3,5", "6,7"]
+
+
+def test_too_few_gpus_for_the_local_workers_is_a_clear_error(tiny_family, tmp_path,
+                                                             monkeypatch) -> None:
+    from mergekit_cycleqd.errors import RunError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    raw = _recipe(tiny_family, generations=2)
+    raw["workers"]["gpus_per_worker"] = 1
+    with pytest.raises(RunError, match=r"2 local workers with gpus_per_worker: 1 need 2 GPUs; "
+                                       r"this machine shows 1 \(0\)"):
+        _run(raw, tmp_path / "run")

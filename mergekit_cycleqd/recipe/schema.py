@@ -149,7 +149,11 @@ class WorkersConfig(_Strict):
     ray_start_timeout_s: Annotated[float, Field(gt=0)] = Field(
         300, description="how long to keep trying to start or reach Ray before giving up"
     )
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = Field(
+        0,
+        description="GPUs each worker owns (Ray resources; local workers with a whole "
+        "number get their own CUDA_VISIBLE_DEVICES)",
+    )
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1
 
 

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class _Process:
     """One worker process and the driver's ends of its two pipes."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
         to_worker_read, to_worker_write = os.pipe()
         from_worker_read, from_worker_write = os.pipe()
         self.process = subprocess.Popen(
@@ -35,6 +36,7 @@ class _Process:
              str(to_worker_read), str(from_worker_write)],
             pass_fds=(to_worker_read, from_worker_write),
             start_new_session=True,  # the terminal's Ctrl-C is the driver's to handle
+            env={**os.environ, **env},
         )
         os.close(to_worker_read)
         os.close(from_worker_write)
@@ -60,12 +62,36 @@ class _Process:
         self.process.wait()
 
 
+def worker_environments(count: int, gpus_per_worker: float) -> list[dict[str, str]]:
+    """What each local worker adds to its environment: its own GPUs when
+    ``gpus_per_worker`` is a whole number >= 1 (``CUDA_VISIBLE_DEVICES``), else nothing
+    (fractional or no GPUs: the workers share the devices the backend names)."""
+    if gpus_per_worker < 1 or gpus_per_worker != int(gpus_per_worker):
+        return [{} for _ in range(count)]
+    per = int(gpus_per_worker)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        import torch
+
+        devices = [str(i) for i in range(torch.cuda.device_count())]
+    if len(devices) < count * per:
+        raise RunError(
+            f"workers: {count} local workers with gpus_per_worker: {per} need {count * per} "
+            f"GPUs; this machine shows {len(devices)} ({', '.join(devices) or 'none'}). Lower "
+            "workers.count or workers.gpus_per_worker, or set gpus_per_worker: 0 to share them."
+        )
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(devices[i * per:(i + 1) * per])}
+            for i in range(count)]
+
+
 class EarlyWorkers:
     """Worker processes started before their run is known (the driver still checks the
     recipe, builds assets, opens the ledger): their imports overlap that work."""
 
-    def __init__(self, count: int):
-        self.processes = [_Process() for _ in range(count)]
+    def __init__(self, count: int, gpus_per_worker: float = 0):
+        self.processes = [_Process(env) for env in worker_environments(count, gpus_per_worker)]
 
     def take(self) -> list[_Process]:
         processes, self.processes = self.processes, []
@@ -87,13 +113,13 @@ class ProcessExecutor(Executor):
         recipe_text: str,
         count: int,
         early: EarlyWorkers | None = None,
+        gpus_per_worker: float = 0,
     ):
         self.setup = (recipe_text, str(run_dir), str(base), [str(e) for e in experts])
         self.capacity = count
         self.losses = WorkerLosses("local worker")
-        processes = early.take()[:count] if early is not None else []
-        processes += [_Process() for _ in range(count - len(processes))]
-        self.processes = [p.start(self.setup) for p in processes]
+        early = early or EarlyWorkers(count, gpus_per_worker)
+        self.processes = [p.start(self.setup) for p in early.take()]
         self.finished: list[JobResult] = []
 
     def submit(self, job: Job) -> None:
@@ -141,7 +167,7 @@ class ProcessExecutor(Executor):
                 f"a local worker exited (code {code}) while starting; its error is above"
             )
         process.close()
-        self.processes[self.processes.index(process)] = _Process().start(self.setup)
+        self.processes[self.processes.index(process)] = _Process(process.env).start(self.setup)
         if job is None:
             return
         reason = f"the worker process exited with code {code}"

@@ -35,7 +35,9 @@ def make_executor(
     elif workers.count > 1:
         from mergekit_cycleqd.search.process_executor import ProcessExecutor
 
-        executor = ProcessExecutor(run_dir, base, experts, recipe_text, workers.count, early)
+        executor = ProcessExecutor(
+            run_dir, base, experts, recipe_text, workers.count, early, workers.gpus_per_worker
+        )
     else:
         return InProcessExecutor(lambda: Worker(recipe, run_dir, base, experts))
     return executor if lag is None else InGenerationOrder(executor)
@@ -49,4 +51,4 @@ def start_early(recipe: Recipe) -> EarlyWorkers | None:
         return None
     from mergekit_cycleqd.search.process_executor import EarlyWorkers
 
-    return EarlyWorkers(workers.count)
+    return EarlyWorkers(workers.count, workers.gpus_per_worker)
