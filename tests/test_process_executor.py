@@ -185,3 +185,26 @@ def test_too_few_gpus_for_the_local_workers_is_a_clear_error(tiny_family, tmp_pa
     with pytest.raises(RunError, match=r"2 local workers with gpus_per_worker: 1 need 2 GPUs; "
                                        r"this machine shows 1 \(0\)"):
         _run(raw, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_ctrl_c_files_the_children_in_flight_then_resume_matches(tiny_family, tmp_path) -> None:
+    raw = _recipe(tiny_family, generations=120, evaluator="Jittery")
+    recipe = write_recipe(tmp_path / "recipe.yml", raw)
+    reference = tmp_path / "reference"
+    subprocess.run(_driver(recipe, reference, False), check=True, capture_output=True)
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(_driver(recipe, stopped, False),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _filed(stopped) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver (workers: own session)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, err
+    generations = [row[1] for row in _rows(stopped) if row[2] == "child"]
+    assert generations == list(range(1, len(generations) + 1)) and len(generations) < 120
+    assert all(row[8] == "ok" for row in _rows(stopped))  # the children in flight were finished
+    assert _workers_gone()
+    subprocess.run(_driver(recipe, stopped, True), check=True, capture_output=True)
+    assert _rows(stopped) == _rows(reference)
