@@ -1,9 +1,12 @@
 """Executors run jobs for the steady-state loop: W jobs in flight, results as they finish.
 
 The driver only uses ``capacity``, ``submit`` and ``next_result``; the in-process
-executor runs one job at a time in the driver's process (deterministic, the
-default), the Ray executor keeps one long-lived actor per worker (each with its
-own resident model) on a local or remote Ray cluster (``ray_executor``).
+executor runs one job at a time in the driver's process (the default), the
+process executor keeps ``count`` worker processes on this machine
+(``process_executor``) and the Ray executor one long-lived actor per worker on a
+local or remote Ray cluster (``ray_executor``), each worker with its own resident
+model. ``InGenerationOrder`` makes any of them hand results back in the order the
+jobs were submitted, which keeps a run with several workers deterministic.
 """
 
 from __future__ import annotations
