@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from mergekit_cycleqd.toy import ToyConfig, build_toy_assets
 from mergekit_cycleqd.toy.scoring import reference_models, score_table
 
-# A few steps only: enough to exercise every stage of the build.
+# A few steps only: enough to exercise every stage of the build. Most tests train the experts
+# in this process (processes=0): starting worker processes costs more than these tiny builds.
 TINY = ToyConfig(
     hidden_size=64, intermediate_size=64, base_steps=12, expert_steps=6, n_opt=4, n_val=4,
     n_test=6, batch_size=16, base_target=None,
@@ -30,14 +31,14 @@ def model_files(assets) -> dict[str, Path]:
 
 def test_same_seed_gives_bit_identical_models_and_data(tmp_path):
     first = build_toy_assets(tmp_path / "a", seed=3, config=TINY)
-    second = build_toy_assets(tmp_path / "b", seed=3, config=TINY)
+    second = build_toy_assets(tmp_path / "b", seed=3, config=TINY, processes=0)
     for name, path in model_files(first).items():
         a, b = load_file(str(path)), load_file(str(model_files(second)[name]))
         assert a.keys() == b.keys()
         assert all(a[k].equal(b[k]) for k in a), name
     for path in sorted(first.task_dir.glob("*.jsonl")):
         assert path.read_bytes() == (second.task_dir / path.name).read_bytes()
-    other = build_toy_assets(tmp_path / "c", seed=4, config=TINY)
+    other = build_toy_assets(tmp_path / "c", seed=4, config=TINY, processes=0)
     base_a, base_c = load_file(str(first.base / "model.safetensors")), load_file(
         str(other.base / "model.safetensors")
     )
@@ -53,7 +54,7 @@ def test_experts_are_the_same_bits_in_worker_processes_or_in_this_one(tmp_path):
 
 
 def test_assets_layout_and_tasks(tmp_path):
-    assets = build_toy_assets(tmp_path / "toy", config=TINY)
+    assets = build_toy_assets(tmp_path / "toy", config=TINY, processes=0)
     assert list(assets.experts) == list(TINY.skills) == ["shift", "atbash", "rot13"]
     assert assets.tasks == {
         s: {split: f"toy_{s}_{split}" for split in ("opt", "val", "test")} for s in TINY.skills
@@ -91,32 +92,32 @@ def _stamp_old(paths) -> None:
 
 
 def test_cached_build_is_reused_and_rebuilt_only_when_needed(tmp_path):
-    assets = build_toy_assets(tmp_path / "toy", config=TINY)
+    assets = build_toy_assets(tmp_path / "toy", config=TINY, processes=0)
     stamp = (tmp_path / "toy" / "toy.json").read_text()
     files = model_files(assets)
     _stamp_old(files.values())
 
-    again = build_toy_assets(tmp_path / "toy", config=TINY)
+    again = build_toy_assets(tmp_path / "toy", config=TINY, processes=0)
     assert again == assets
     assert {k: p.stat().st_mtime_ns for k, p in files.items()} == dict.fromkeys(files, OLD)
     assert (tmp_path / "toy" / "toy.json").read_text() == stamp
 
     (assets.experts["atbash"] / "config.json").unlink()  # a missing piece: rebuild
-    build_toy_assets(tmp_path / "toy", config=TINY)
+    build_toy_assets(tmp_path / "toy", config=TINY, processes=0)
     assert (assets.experts["atbash"] / "config.json").is_file()
     assert all(p.stat().st_mtime_ns != OLD for p in files.values())
 
     _stamp_old(files.values())
-    rebuilt = build_toy_assets(tmp_path / "toy", config=TINY, force=True)
+    rebuilt = build_toy_assets(tmp_path / "toy", config=TINY, processes=0, force=True)
     assert json.loads((tmp_path / "toy" / "toy.json").read_text())["config"]["base_steps"] == 12
     assert rebuilt == assets
     assert all(p.stat().st_mtime_ns != OLD for p in files.values())
 
 
 def test_moved_folder_keeps_working(tmp_path):
-    build_toy_assets(tmp_path / "old", config=TINY)
+    build_toy_assets(tmp_path / "old", config=TINY, processes=0)
     (tmp_path / "old").rename(tmp_path / "new")
-    moved = build_toy_assets(tmp_path / "new", config=TINY)  # no rebuild, paths rewritten
+    moved = build_toy_assets(tmp_path / "new", config=TINY, processes=0)  # no rebuild, paths rewritten
     config = yaml.safe_load((moved.task_dir / "toy_rot13_test.yaml").read_text())
     assert config["dataset_kwargs"]["data_files"]["test"] == str(moved.task_dir / "rot13_test.jsonl")
 
