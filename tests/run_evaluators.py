@@ -262,6 +262,13 @@ class RecordGpus(WeightProbeEvaluator):
         return super().evaluate(backend)
 
 
+class CannotStart(WeightProbeEvaluator):
+    """Fails while its worker sets up."""
+
+    def __init__(self, options):
+        raise RuntimeError("this evaluator cannot start")
+
+
 RAY_EVALUATORS = {"worker_killer": "WorkerKiller", "rendezvous": "Rendezvous"}
 
 

@@ -208,3 +208,13 @@ def test_ctrl_c_files_the_children_in_flight_then_resume_matches(tiny_family, tm
     assert _workers_gone()
     subprocess.run(_driver(recipe, stopped, True), check=True, capture_output=True)
     assert _rows(stopped) == _rows(reference)
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(tiny_family, tmp_path) -> None:
+    from mergekit_cycleqd.errors import RunError
+
+    raw = _recipe(tiny_family, generations=3, evaluator="CannotStart")
+    with pytest.raises(RunError, match=r"a local worker stopped .*its setup failed: "
+                                       r"RuntimeError: this evaluator cannot start"):
+        _run(raw, tmp_path / "run")
+    assert _workers_gone()

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserFacingError, OSError) as error:
         outbox.send(("error", str(error)))
         return 1
+    except Exception as error:  # e.g. an evaluator that cannot start: say what, not where
+        outbox.send(("error", f"its setup failed: {type(error).__name__}: {error}"))
+        return 1
     outbox.send(("ready", os.getpid()))
     while True:
         try:
