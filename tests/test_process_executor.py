@@ -111,11 +111,11 @@ def test_a_child_that_kills_two_workers_is_filed_failed(tiny_family, tmp_path) -
     folder = tmp_path / "kills"
     folder.mkdir()
     raw = _recipe(tiny_family, generations=6, evaluator="PoisonChild", folder=str(folder),
-                  after=5)  # the 6th evaluation's model (gen 3) kills every worker that scores it
+                  after=5)  # the 6th model scored (gen 3 or 4) kills every worker that scores it
     summary = _run(raw, tmp_path / "run")
     assert summary.generations_done == 6
     failed = [row for row in _rows(tmp_path / "run") if row[8] != "ok"]
-    assert [row[1] for row in failed] == [3] and summary.failed == 1
+    assert len(failed) == 1 and failed[0][1] in (3, 4) and summary.failed == 1
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         error = next(r.error for r in ledger.children(status=None) if not r.ok)
     assert error.startswith("killed 2 local workers (last: the worker process exited with code -9")
