@@ -9,31 +9,18 @@ gone or done) ends it.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from mergekit_cycleqd.errors import UserFacingError
-
-PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
-
-
-def _die_with_the_driver() -> None:
-    """Linux: the kernel SIGKILLs this worker when the driver dies (kill -9 included), so
-    no orphan keeps a model (or a GPU) after its run is gone."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the worker ends at end-of-file instead
-        pass
+from mergekit_cycleqd.evaluate.isolation.reaping import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    _die_with_the_driver()
+    die_with_parent()  # no orphan keeps a model (or a GPU) after its driver is gone
     in_fd, out_fd = (int(a) for a in (sys.argv[1:] if argv is None else argv))
     inbox, outbox = Connection(in_fd, writable=False), Connection(out_fd, readable=False)
     logging.basicConfig(level=logging.WARNING)

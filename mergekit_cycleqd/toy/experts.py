@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from mergekit_cycleqd.evaluate.isolation.reaping import die_with_parent
 from mergekit_cycleqd.toy.config import ToyConfig, evaluation_words, expert_mixture
 from mergekit_cycleqd.toy.skills import TrainingStream
 from mergekit_cycleqd.toy.tokenizer import build_char_tokenizer
@@ -159,6 +160,7 @@ class ExpertWorkers:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Worker: wait for "go" on stdin, then train the job's skills; "done SKILL" on stdout."""
+    die_with_parent()  # a killed build leaves no worker writing into its folder
     job = json.loads((sys.argv[1:] if argv is None else argv)[0])
     config = ToyConfig.from_json(job["config"])
     out_dir, seed = Path(job["out_dir"]), int(job["seed"])
