@@ -70,3 +70,15 @@ def test_run_materialize_and_rebuild_elite(tiny_family, tmp_path, capsys) -> Non
 
     assert main(["materialize", str(run_dir), "999", str(tmp_path / "none")]) == 2
     assert "no child with id 999" in capsys.readouterr().err
+
+
+def test_the_console_script_is_main_then_a_quick_exit() -> None:
+    from importlib.metadata import entry_points
+
+    import mergekit_cycleqd.cli as cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mergekit-cycleqd"]
+    assert script.load() is cli.entry
+    done = subprocess.run([sys.executable, "-m", "mergekit_cycleqd.cli", "check", "missing.yml"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "missing.yml: recipe file not found" in done.stderr
