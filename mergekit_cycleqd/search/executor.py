@@ -126,8 +126,3 @@ class InGenerationOrder(Executor):
 
     def close(self) -> None:
         self.inner.close()
-
-    def __getattr__(self, name: str):  # the inner executor's extras (worker, replaced...)
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)

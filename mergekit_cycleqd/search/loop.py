@@ -206,8 +206,7 @@ class CycleQD:
     def _cycle(self, total: int, interrupt: GracefulStop) -> None:
         """Issue and file children until ``total`` or a stop signal."""
         pending = self._pending_generations(total)
-        filed = [r.generation for r in self.ledger.children(role="child", status=None)]
-        self._newest_filed = max(filed, default=0)
+        self._newest_filed = self.ledger.max_generation()
         progress = RunProgress(self.tasks, total, initial=total - len(pending))
         with progress:
             progress.update(self.archives, None)
