@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import torch
 from safetensors.torch import load_file
@@ -104,20 +106,23 @@ class ExpertWorkers:
 
     def __init__(self, out_dir: Path, seed: int, config: ToyConfig, processes: int):
         self.out_dir, self.seed, self.config = out_dir, seed, config
-        self.workers: list[tuple[subprocess.Popen, list[str]]] = []
+        # (process, its skills, its stderr): a file, not a pipe, so that a chatty worker
+        # never blocks on a full pipe while the parent reads another worker's progress
+        self.workers: list[tuple[subprocess.Popen, list[str], IO[str]]] = []
         count = min(processes, len(config.skills))
         for start in range(count):
             skills = list(config.skills[start::count])
             job = {"out_dir": str(out_dir), "seed": seed, "config": config.to_json(), "skills": skills}
+            errors = tempfile.TemporaryFile("w+", encoding="utf-8")
             process = subprocess.Popen(
                 [sys.executable, "-m", "mergekit_cycleqd.toy.experts", json.dumps(job)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=errors,
                 text=True,
                 env={**os.environ, "TQDM_DISABLE": "1"},
             )
-            self.workers.append((process, skills))
+            self.workers.append((process, skills, errors))
 
     def train(self, on_done: Callable[[str], None]) -> None:
         """Train every expert (the base must be saved now); ``on_done(skill)`` after each."""
@@ -127,15 +132,16 @@ class ExpertWorkers:
                 train_expert(self.out_dir, self.seed, self.config, skill, excluded)
                 on_done(skill)
             return
-        for process, _ in self.workers:
+        for process, _, _ in self.workers:
             process.stdin.write("go\n")
             process.stdin.close()
-        for process, skills in self.workers:
+        for process, skills, errors in self.workers:
             for line in process.stdout:
                 if line.startswith("done "):
                     on_done(line.split(maxsplit=1)[1].strip())
-            error = process.stderr.read()
             if process.wait() != 0:
+                errors.seek(0)
+                error = errors.read()
                 raise RuntimeError(
                     f"the toy expert worker for {', '.join(skills)} failed "
                     f"(exit {process.returncode}):\n{error[-2000:]}"
@@ -143,12 +149,12 @@ class ExpertWorkers:
 
     def close(self) -> None:
         """Stop workers that are still running (an error or Ctrl-C in the parent)."""
-        for process, _ in self.workers:
+        for process, _, errors in self.workers:
             if process.poll() is None:
                 process.kill()
             process.wait()
-            for stream in (process.stdin, process.stdout, process.stderr):
-                if stream is not None and not stream.closed:
+            for stream in (process.stdin, process.stdout, errors):
+                if not stream.closed:
                     stream.close()
 
     def __enter__(self) -> ExpertWorkers:
