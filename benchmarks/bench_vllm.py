@@ -18,14 +18,13 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
-CPU_OPTIONS = dict(dtype="float32", enforce_eager=True, max_model_len=256, block_size=32)
+from tests.vllm_support import CPU_OPTIONS, toy_recipe_on, vllm_toy_config
+
 PROMPTS = ["rev abcde=", "srt hello=", "dup zz="]
 
 
@@ -59,7 +58,7 @@ def swap_vs_restart(root: Path, *, hidden: int, layers: int, swaps: int, starts:
     from mergekit_cycleqd.evaluate.base import GenerationConfig
     from mergekit_cycleqd.merge.weights import StateDictWeights
 
-    options = dict(CPU_OPTIONS, kv_cache_memory_bytes=64 << 20)
+    options = dict(CPU_OPTIONS)
     models = [make_llama(root / f"m{i}", hidden=hidden, layers=layers, seed=i) for i in range(2)]
     size = (models[0] / "model.safetensors").stat().st_size
     greedy = GenerationConfig(max_new_tokens=8)
@@ -88,28 +87,16 @@ def toy_children_per_minute(root: Path, *, generations: int) -> dict:
     from mergekit_cycleqd.cli import main
     from mergekit_cycleqd.toy import ToyConfig, build_toy_assets
 
-    wanted = dict(num_heads=ToyConfig().hidden_size // 64, n_opt=12, n_val=12, n_test=24)
-    known = {f.name for f in fields(ToyConfig)}  # n_val exists only in newer toys
-    config = ToyConfig(**{k: v for k, v in wanted.items() if k in known})
+    config = vllm_toy_config(ToyConfig)
     assets = build_toy_assets(root / "toy", config=config)
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "toy.yml").read_text())
-    del raw["assets"]
-    raw["base_model"] = str(assets.base)
-    for expert in raw["experts"]:
-        expert["path"] = str(assets.experts[expert["name"]])
-    for task in raw["tasks"]:
-        task["options"]["include_path"] = str(assets.task_dir)
-    raw["search"]["generations"] = generations
-    raw["final"] = {"baselines": [], "evaluate_test": False, "similarity": False}
     backends = {
-        "vllm": dict(CPU_OPTIONS, max_model_len=config.max_positions, kv_cache_memory_bytes=64 << 20),
+        "vllm": dict(CPU_OPTIONS, max_model_len=config.max_positions),
         "transformers": {"device": "cpu", "batch_size": 64},
     }
     result = {}
     for kind, options in backends.items():
-        raw["backend"] = {"kind": kind, "options": options}
-        recipe = root / f"toy-{kind}.yml"
-        recipe.write_text(yaml.safe_dump(raw))
+        recipe = toy_recipe_on(assets, {"kind": kind, "options": options},
+                               generations=generations, path=root / f"toy-{kind}.yml")
         t0 = time.perf_counter()
         assert main([str(recipe), "--out", str(root / f"run-{kind}")]) == 0
         seconds = time.perf_counter() - t0

