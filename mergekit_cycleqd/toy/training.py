@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,26 @@ def collate(
     return ids, mask, targets
 
 
+def _adamw(model: LlamaForCausalLM, *, lr: float, steps: int, warmup: int) -> tuple[Any, Any]:
+    """AdamW with linear warm-up over ``warmup`` steps and linear decay to 5 % at ``steps``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.05, 1.0 - s / max(1, steps)),
+    )
+    return optimizer, schedule
+
+
+def _update(model: LlamaForCausalLM, optimizer: Any, schedule: Any, loss: torch.Tensor) -> float:
+    """One step on ``loss`` (gradients clipped to norm 1); returns the loss's value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def train(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -102,23 +123,14 @@ def train(
     ``should_stop(step)``, when given, is asked every ``check_every`` steps (after
     that many steps were taken) and ends the training early when it returns True.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.05, 1.0 - s / max(1, steps)),
-    )
+    optimizer, schedule = _adamw(model, lr=lr, steps=steps, warmup=warmup)
     model.train()
     loss_value = float("nan")
     progress = tqdm(range(steps), desc=desc, leave=False)
     for step in progress:
         ids, mask, targets = collate(tokenizer, stream.sample(batch_size))
         loss = model(input_ids=ids, attention_mask=mask, labels=targets).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        loss_value = loss.item()
+        loss_value = _update(model, optimizer, schedule, loss)
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss_value:.3f}")
         if should_stop is not None and (step + 1) % check_every == 0:
@@ -156,11 +168,7 @@ def train_with_kl_replay(
     on the other skills and task vectors add up instead of fighting. Same schedule as
     :func:`train`; returns the last batch's loss.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.05, 1.0 - s / max(1, steps)),
-    )
+    optimizer, schedule = _adamw(model, lr=lr, steps=steps, warmup=warmup)
     n_replay = round(batch_size * replay_share)
     n_own = batch_size - n_replay
     teacher.eval()
@@ -185,12 +193,7 @@ def train_with_kl_replay(
                 reduction="batchmean",  # mean over answer tokens
             )
             loss = loss * (n_own / batch_size) + kl_weight * kl * (n_replay / batch_size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        loss_value = loss.item()
+        loss_value = _update(model, optimizer, schedule, loss)
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
