@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from mergekit_cycleqd.evaluate.weight_probe import WeightProbeEvaluator, WeightProbeOptions
+from tests.run_evaluators import CountingProbe
 
 
 class FlakyOptions(WeightProbeOptions):
     fail_every: int = 3
 
 
-class FlakyProbe(WeightProbeEvaluator):
+class FlakyProbe(CountingProbe):
     Options = FlakyOptions
 
-    def __init__(self, options):
-        super().__init__(options)
-        self.calls = 0
-
     def evaluate(self, backend):
-        self.calls += 1
-        if self.calls % self.options.fail_every == 0:
+        if self.next_call() % self.options.fail_every == 0:
             raise RuntimeError("injected failure")
         return super().evaluate(backend)
 
@@ -42,19 +38,15 @@ class SlowOptions(WeightProbeOptions):
     sleep_s: float = 5.0
 
 
-class SlowProbe(WeightProbeEvaluator):
+class SlowProbe(CountingProbe):
     """A weight_probe that hangs on every n-th call (timeout tests)."""
 
     Options = SlowOptions
 
-    def __init__(self, options):
-        super().__init__(options)
-        self.calls = 0
-
     def evaluate(self, backend):
         import time
 
-        self.calls += 1
-        if self.calls > 3 and self.calls % self.options.slow_every == 0:  # seeds stay fast
+        calls = self.next_call()
+        if calls > 3 and calls % self.options.slow_every == 0:  # seeds stay fast
             time.sleep(self.options.sleep_s)
         return super().evaluate(backend)

@@ -24,18 +24,25 @@ class CallOptions(WeightProbeOptions):
     on_call: int = 4  # the n-th evaluation in this process (the seeds are calls 1..3)
 
 
-class ExitProbe(WeightProbeEvaluator):
-    """Calls sys.exit(3) on the n-th evaluation, as a careless evaluator script would."""
-
-    Options = CallOptions
+class CountingProbe(WeightProbeEvaluator):
+    """A weight_probe that counts its evaluations in this process."""
 
     def __init__(self, options):
         super().__init__(options)
         self.calls = 0
 
-    def evaluate(self, backend):
+    def next_call(self) -> int:
         self.calls += 1
-        if self.calls == self.options.on_call:
+        return self.calls
+
+
+class ExitProbe(CountingProbe):
+    """Calls sys.exit(3) on the n-th evaluation, as a careless evaluator script would."""
+
+    Options = CallOptions
+
+    def evaluate(self, backend):
+        if self.next_call() == self.options.on_call:
             sys.exit(3)
         return super().evaluate(backend)
 
@@ -44,8 +51,7 @@ class DiskFullProbe(ExitProbe):
     """Raises ENOSPC on the n-th evaluation (a full disk under the evaluator's files)."""
 
     def evaluate(self, backend):
-        self.calls += 1
-        if self.calls == self.options.on_call:
+        if self.next_call() == self.options.on_call:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/scratch/samples.jsonl")
         return WeightProbeEvaluator.evaluate(self, backend)
 
@@ -97,7 +103,7 @@ class BlockOptions(WeightProbeOptions):
     block_every: int = 2
 
 
-class BlockingProbe(WeightProbeEvaluator):
+class BlockingProbe(CountingProbe):
     """Blocks on an event nobody sets on every n-th call: slow by construction.
 
     Only the child time limit can end the wait; if it never fires, the wait gives up
@@ -106,13 +112,8 @@ class BlockingProbe(WeightProbeEvaluator):
 
     Options = BlockOptions
 
-    def __init__(self, options):
-        super().__init__(options)
-        self.calls = 0
-
     def evaluate(self, backend):
-        self.calls += 1
-        due = self.calls - self.options.block_from_call
+        due = self.next_call() - self.options.block_from_call
         if due >= 0 and due % self.options.block_every == 0:
             threading.Event().wait(120)
             raise AssertionError("the child time limit never fired")
@@ -140,6 +141,12 @@ def _claim(folder: Path, prefix: str, times: int) -> bool:
     return False
 
 
+def _record_evaluation(folder: Path) -> None:
+    """One marker file per evaluation, so that ``_count(folder, "eval-")`` counts them
+    across every worker process."""
+    os.close(os.open(folder / f"eval-{os.getpid()}-{time.monotonic_ns()}", os.O_CREAT))
+
+
 class WorkerKiller(WeightProbeEvaluator):
     """SIGKILLs its own worker process mid-evaluation, ``times`` times across the cluster."""
 
@@ -147,7 +154,7 @@ class WorkerKiller(WeightProbeEvaluator):
 
     def evaluate(self, backend):
         folder = Path(self.options.folder)
-        os.close(os.open(folder / f"eval-{os.getpid()}-{time.monotonic_ns()}", os.O_CREAT))
+        _record_evaluation(folder)
         if _count(folder, "eval-") > self.options.after and _claim(
             folder, "kill-", self.options.times
         ):
@@ -165,7 +172,7 @@ class PoisonChild(WeightProbeEvaluator):
         folder = Path(self.options.folder)
         result = super().evaluate(backend)
         key = repr(float(result.score))
-        os.close(os.open(folder / f"eval-{os.getpid()}-{time.monotonic_ns()}", os.O_CREAT))
+        _record_evaluation(folder)
         poison = folder / "poison"
         if poison.exists() and poison.read_text() == key:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -218,7 +225,7 @@ class GateOptions(WeightProbeOptions):
     on_call: int = 6
 
 
-class Gate(WeightProbeEvaluator):
+class Gate(CountingProbe):
     """On the n-th call, says so (file ``waiting``) and holds until the test creates ``go``.
 
     The test knows exactly which child is in flight when it sends its signal.
@@ -226,13 +233,8 @@ class Gate(WeightProbeEvaluator):
 
     Options = GateOptions
 
-    def __init__(self, options):
-        super().__init__(options)
-        self.calls = 0
-
     def evaluate(self, backend):
-        self.calls += 1
-        if self.calls == self.options.on_call:
+        if self.next_call() == self.options.on_call:
             folder = Path(self.options.folder)
             (folder / "waiting").touch()
             for _ in range(1200):  # at most two minutes
