@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from mergekit_cycleqd.evaluate.agent_loop import run_episodes
-from mergekit_cycleqd.evaluate.agentbench.dbbench import DBBenchEvaluator, score_episodes
-from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import gold_agent
+from cycleqd_evaluators.agent_loop import run_episodes
+from cycleqd_evaluators.agentbench.dbbench import DBBenchEvaluator, score_episodes
+from cycleqd_evaluators.agentbench.dbbench_scripts import gold_agent
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.base import build_evaluator
 

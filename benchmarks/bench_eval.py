@@ -60,8 +60,8 @@ def main() -> None:
     import lm_eval
     from safetensors.torch import load_file
 
+    from cycleqd_evaluators.lm_eval_adapter import _no_env_report, _quiet_lm_eval
     from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
-    from mergekit_cycleqd.evaluate.lm_eval_adapter import _no_env_report, _quiet_lm_eval
     from mergekit_cycleqd.merge.weights import StateDictWeights
     from mergekit_cycleqd.recipe import load_recipe
     from mergekit_cycleqd.recipe.models import resolve_models

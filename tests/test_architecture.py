@@ -16,7 +16,7 @@ ROOT = "mergekit_cycleqd"
 
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS = [
-    ("errors",),
+    ("errors", "process_lifetime"),
     ("merge",),
     ("evaluate",),
     ("toy",),

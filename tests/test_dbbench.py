@@ -14,16 +14,16 @@ import tracemalloc
 import pytest
 from pydantic import ValidationError
 
-from mergekit_cycleqd.evaluate.agentbench import dbbench_protocol as dbp
-from mergekit_cycleqd.evaluate.agentbench.db_backends import TableSpec, table_fingerprint
-from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import (
+from cycleqd_evaluators.agentbench import dbbench_protocol as dbp
+from cycleqd_evaluators.agentbench.db_backends import TableSpec, table_fingerprint
+from cycleqd_evaluators.agentbench.dbbench_scripts import (
     answer,
     gold_agent,
     operation,
     task_lookup,
     wrong_agent,
 )
-from mergekit_cycleqd.evaluate.agentbench.dbbench_sqlite import SQLiteBackend
+from cycleqd_evaluators.agentbench.dbbench_sqlite import SQLiteBackend
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.base import build_evaluator
 from tests.dbbench_fixtures import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_cycleqd.evaluate.agentbench.dbbench_scripts import (
+from cycleqd_evaluators.agentbench.dbbench_scripts import (
     answer,
     gold_agent,
     operation,
@@ -99,8 +99,8 @@ def test_lifted_statement_limit_is_enforced_from_outside(fixture_path, mariadb_s
 
 def test_cleanup_does_not_wait_for_a_runaway_query(fixture_path, mariadb_server):
     """A statement still running when the task ends is killed before the DROP."""
-    from mergekit_cycleqd.evaluate.agentbench.db_backends import TableSpec
-    from mergekit_cycleqd.evaluate.agentbench.dbbench_mysql import MySQLBackend
+    from cycleqd_evaluators.agentbench.db_backends import TableSpec
+    from cycleqd_evaluators.agentbench.dbbench_mysql import MySQLBackend
 
     backend = MySQLBackend(mariadb_server.host, mariadb_server.port, mariadb_server.user,
                            mariadb_server.password, query_timeout_s=120)

@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from cycleqd_evaluators.lm_eval_adapter import LMEvalEvaluator
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend, prompt_key
 from mergekit_cycleqd.evaluate.backends.scripted_lm import (
     BackendLM,
@@ -19,7 +20,6 @@ from mergekit_cycleqd.evaluate.backends.scripted_lm import (
     generation_config_from_kwargs,
 )
 from mergekit_cycleqd.evaluate.base import GenerationConfig, build_evaluator
-from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalEvaluator
 from mergekit_cycleqd.merge.weights import StateDictWeights
 
 GOLD = {f"q{i}=": f"a{i}" for i in range(5)}

@@ -14,12 +14,12 @@ import socket
 import pytest
 from pydantic import ValidationError
 
+from cycleqd_evaluators.code.data import load_problems
+from cycleqd_evaluators.code.judge import split_assert
+from cycleqd_evaluators.code.protocols import default_prompt, extract_code
+from cycleqd_evaluators.isolation.process import isolation_mode
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.base import build_evaluator
-from mergekit_cycleqd.evaluate.code.data import load_problems
-from mergekit_cycleqd.evaluate.code.judge import split_assert
-from mergekit_cycleqd.evaluate.code.protocols import default_prompt, extract_code
-from mergekit_cycleqd.evaluate.isolation.process import isolation_mode
 from tests.mbpp_fixtures import MBPP_PROBLEMS, write_mbpp
 
 

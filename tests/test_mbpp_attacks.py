@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from cycleqd_evaluators.code.harness import run_calls
+from cycleqd_evaluators.isolation.process import ProcessLimits
 from mergekit_cycleqd.evaluate.base import build_evaluator
-from mergekit_cycleqd.evaluate.code.harness import run_calls
-from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits
 from tests.mbpp_fixtures import MBPP_PROBLEMS
 
 RIGHT = "def add(a, b):\n    return a + b\n"

@@ -10,10 +10,10 @@ import os
 
 import pytest
 
+from cycleqd_evaluators.code.data import load_problems, split_plus_prompt
+from cycleqd_evaluators.code.protocols import CYCLEQD_STOP, cycleqd_code, cycleqd_prompt
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from mergekit_cycleqd.evaluate.base import build_evaluator
-from mergekit_cycleqd.evaluate.code.data import load_problems, split_plus_prompt
-from mergekit_cycleqd.evaluate.code.protocols import CYCLEQD_STOP, cycleqd_code, cycleqd_prompt
 from tests.mbpp_fixtures import (
     HUMANEVAL_PROBLEMS,
     MBPP_PROBLEMS,
@@ -165,7 +165,7 @@ def test_cycleqd_completion_cut_at_fence_and_sanitised():
 
 
 def load_problems_inline():
-    from mergekit_cycleqd.evaluate.code.data import _plus_problem
+    from cycleqd_evaluators.code.data import _plus_problem
 
     return _plus_problem(None, 1, dict(PLUS_PROBLEMS[0]))
 

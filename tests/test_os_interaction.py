@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_cycleqd.evaluate import build_evaluator
-from mergekit_cycleqd.evaluate.agentbench.os_protocol import (
+from cycleqd_evaluators.agentbench.os_protocol import (
     INSTRUCTIONS,
     NEW_PROBLEM,
     TRUNCATED,
@@ -24,6 +23,7 @@ from mergekit_cycleqd.evaluate.agentbench.os_protocol import (
     opening,
     parse_action,
 )
+from mergekit_cycleqd.evaluate import build_evaluator
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from tests.conftest import require_tool
 
@@ -211,11 +211,11 @@ def packaged_rootfs() -> Path:
     """The default OS sandbox root, built from packages once (cached across sessions)."""
     require_root_sandbox()
     os.environ.setdefault("CYCLEQD_ROOTFS_CACHE", "/var/tmp/cycleqd-test-rootfs")
-    from mergekit_cycleqd.evaluate.isolation.rootfs import PACKAGES, cache_root, rootfs_key
+    from cycleqd_evaluators.isolation.rootfs import PACKAGES, cache_root, rootfs_key
 
     if not (cache_root() / f"{rootfs_key(PACKAGES, 'bookworm', 'http://deb.debian.org/debian')}.complete").exists():
         require_tool("mmdebstrap")
-    from mergekit_cycleqd.evaluate.isolation.rootfs import ensure_rootfs
+    from cycleqd_evaluators.isolation.rootfs import ensure_rootfs
 
     return ensure_rootfs()
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_cycleqd.evaluate import build_evaluator
-from mergekit_cycleqd.evaluate.agentbench.os_protocol import NEW_PROBLEM
-from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
-from mergekit_cycleqd.evaluate.isolation.bwrap import (
+from cycleqd_evaluators.agentbench.os_protocol import NEW_PROBLEM
+from cycleqd_evaluators.isolation.bwrap import (
     CAPABILITIES,
     EMPTY_DIRS,
     HOST_SYSTEM_DIRS,
@@ -24,13 +22,15 @@ from mergekit_cycleqd.evaluate.isolation.bwrap import (
     root_entries,
     setup_script,
 )
-from mergekit_cycleqd.evaluate.isolation.channel import bash_quote
-from mergekit_cycleqd.evaluate.isolation.docker import (
+from cycleqd_evaluators.isolation.channel import bash_quote
+from cycleqd_evaluators.isolation.docker import (
     docker_available,
     docker_exec_command,
     docker_run_command,
 )
-from mergekit_cycleqd.evaluate.isolation.shell import SandboxLimits
+from cycleqd_evaluators.isolation.shell import SandboxLimits
+from mergekit_cycleqd.evaluate import build_evaluator
+from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend
 from tests import test_os_interaction
 from tests.test_os_interaction import description_of, require_root_sandbox
 
@@ -96,7 +96,7 @@ def test_docker_command_lines():
 def test_docker_sandbox_live():
     if not docker_available():
         pytest.skip("no Docker daemon (the daemon-free bwrap sandbox is tested instead)")
-    from mergekit_cycleqd.evaluate.isolation.docker import DockerBackend
+    from cycleqd_evaluators.isolation.docker import DockerBackend
 
     backend = DockerBackend()
     try:
@@ -109,7 +109,7 @@ def test_docker_sandbox_live():
 
 def test_bwrap_sandbox_contains_privileges(tmp_path):
     require_root_sandbox()
-    from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
+    from cycleqd_evaluators.isolation.bwrap import BwrapBackend
 
     before = Path("/proc/sys/kernel/core_pattern").read_text()
     with BwrapBackend(limits=SandboxLimits(memory_mb=256, pids=64)).launch() as box:
@@ -220,7 +220,7 @@ def test_hostile_agents_are_contained_and_fail(tmp_path, packaged_rootfs):
 
 @pytest.mark.slow
 def test_the_packaged_root_holds_no_host_data(packaged_rootfs):
-    from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
+    from cycleqd_evaluators.isolation.bwrap import BwrapBackend
 
     token = secrets.token_hex(6)
     probes = [Path(f"/var/tmp/cqd-probe-{token}"), Path(f"/opt/cqd-probe-{token}"),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_cycleqd.evaluate.isolation import process
-from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits, isolation_mode, run_python
+from cycleqd_evaluators.isolation import process
+from cycleqd_evaluators.isolation.process import ProcessLimits, isolation_mode, run_python
 
 FAST = ProcessLimits(timeout_s=3.0)
 

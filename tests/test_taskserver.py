@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import ValidationError
 
+from cycleqd_evaluators.agentbench.taskserver import TaskServerError, is_success
 from mergekit_cycleqd.evaluate import build_evaluator
-from mergekit_cycleqd.evaluate.agentbench.taskserver import TaskServerError, is_success
 from mergekit_cycleqd.evaluate.backends.scripted import ScriptedBackend, prompt_key
 
 

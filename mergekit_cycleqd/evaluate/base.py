@@ -100,17 +100,11 @@ class Evaluator(ABC):
         """Release resources (servers, sandboxes); default: nothing."""
 
 
-# kind name -> "module:ClassName"; imported lazily so that `import evaluators`
-# does not import lm-eval, pymysql or the sandbox code.
-_REGISTRY: dict[str, str] = {
-    "lm_eval": "mergekit_cycleqd.evaluate.lm_eval_adapter:LMEvalEvaluator",
-    "mbpp": "mergekit_cycleqd.evaluate.code.mbpp:MBPPEvaluator",
-    "dbbench": "mergekit_cycleqd.evaluate.agentbench.dbbench:DBBenchEvaluator",
-    "os_interaction": "mergekit_cycleqd.evaluate.agentbench.os_interaction:OSInteractionEvaluator",
-    "agentbench_server": "mergekit_cycleqd.evaluate.agentbench.taskserver:TaskServerEvaluator",
-    "weight_probe": "mergekit_cycleqd.evaluate.weight_probe:WeightProbeEvaluator",
-    "iou": "mergekit_cycleqd.evaluate.vision.iou:IoUEvaluator",
-}
+# kind name -> "module:ClassName" for kinds registered in this process
+# (``register_evaluator``). The project's own evaluators are not listed here: they come
+# from the ``mergekit-cycleqd-evaluators`` distribution's entry points, as a third
+# party's would, and are imported only when a recipe names them.
+_REGISTRY: dict[str, str] = {}
 
 
 def register_evaluator(kind: str, target: str) -> None:

@@ -18,6 +18,12 @@ from importlib.metadata import entry_points
 from pydantic import BaseModel
 
 ENTRY_POINT_GROUP = "mergekit_cycleqd.evaluators"
+EVALUATORS_DISTRIBUTION = "mergekit-cycleqd-evaluators"
+PROJECT_KINDS = frozenset(
+    {"lm_eval", "mbpp", "dbbench", "os_interaction", "agentbench_server", "weight_probe", "iou"}
+)
+"""Kinds that ``mergekit-cycleqd-evaluators`` provides: named but not installed, they get
+the install line instead of a close match."""
 SUPPORTED_API_VERSIONS = frozenset({1})
 """Evaluator contract versions this release can drive (docs/evaluator-api.md)."""
 
@@ -80,6 +86,12 @@ def resolve_evaluator(kind: str, registry: dict[str, str], base: type) -> type:
         return _checked(_import_target(plugins[kind], kind, where), kind, plugins[kind], base)
     if ":" in kind:
         return _checked(_import_target(kind, kind, "import path"), kind, kind, base)
+    if kind in PROJECT_KINDS:
+        raise ValueError(
+            f"evaluator {kind!r} is provided by the {EVALUATORS_DISTRIBUTION} distribution, "
+            "which is not installed in this environment: run `pip install -e ./evaluators` "
+            "from the mergekit-cycleqd checkout"
+        )
     known = sorted(set(registry) | set(plugins))
     close = difflib.get_close_matches(kind, known, n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

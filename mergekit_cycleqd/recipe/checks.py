@@ -178,7 +178,7 @@ def check_shapes(folders: dict[str, Path], *, source: str) -> list[str]:
 
 def check_lm_eval_names(recipe: Recipe, *, source: str) -> list[str]:
     """Every lm-eval task, metric and filter name, looked up in lm-eval's own task index."""
-    from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalOptions
+    from cycleqd_evaluators.lm_eval_adapter import LMEvalOptions
 
     managers: dict[tuple[str | None, bool], Any] = {}
     problems = []

@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from mergekit_cycleqd.errors import UserFacingError
-from mergekit_cycleqd.evaluate.isolation.reaping import die_with_parent
+from mergekit_cycleqd.process_lifetime import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from mergekit_cycleqd.evaluate.isolation.reaping import die_with_parent
+from mergekit_cycleqd.process_lifetime import die_with_parent
 from mergekit_cycleqd.toy.config import ToyConfig, evaluation_words, expert_mixture
 from mergekit_cycleqd.toy.skills import TrainingStream
 from mergekit_cycleqd.toy.tokenizer import build_char_tokenizer

@@ -53,8 +53,8 @@ def score_table(
     device: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """row label -> skill -> exact-match score on ``split`` ("opt", "val" or "test")."""
+    from cycleqd_evaluators.lm_eval_adapter import LMEvalEvaluator, LMEvalOptions
     from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
-    from mergekit_cycleqd.evaluate.lm_eval_adapter import LMEvalEvaluator, LMEvalOptions
 
     backend = TransformersBackend(assets.base, device=device, batch_size=128)
     evaluators = {

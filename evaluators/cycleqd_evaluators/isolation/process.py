@@ -40,8 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergekit_cycleqd.evaluate.isolation.cgroups import CgroupLimits
-from mergekit_cycleqd.evaluate.isolation.reaping import kill_until_gone
+from cycleqd_evaluators.isolation.cgroups import CgroupLimits
+from cycleqd_evaluators.isolation.reaping import kill_until_gone
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_cycleqd.evaluate.code import _runtime
-from mergekit_cycleqd.evaluate.code.harness import CallOutcome
-from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits, run_python
+from cycleqd_evaluators.code import _runtime
+from cycleqd_evaluators.code.harness import CallOutcome
+from cycleqd_evaluators.isolation.process import ProcessLimits, run_python
 
 _BUILTINS = frozenset(dir(builtins))
 

@@ -15,9 +15,9 @@
 A fix to containment is made here once; evaluators only choose limits.
 """
 
-from mergekit_cycleqd.evaluate.isolation.channel import CommandResult
-from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits, SandboxResult, run_python
-from mergekit_cycleqd.evaluate.isolation.shell import (
+from cycleqd_evaluators.isolation.channel import CommandResult
+from cycleqd_evaluators.isolation.process import ProcessLimits, SandboxResult, run_python
+from cycleqd_evaluators.isolation.shell import (
     Sandbox,
     SandboxBackend,
     SandboxError,

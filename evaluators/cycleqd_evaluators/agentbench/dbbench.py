@@ -7,7 +7,7 @@ the final answer; INSERT/UPDATE tasks on the table's fingerprint after the
 dialogue against ``answer_md5``. The score, ``overall_cat_accuracy``, is the
 mean of the SELECT-bucket, INSERT and UPDATE accuracies, always over three (a
 bucket without tasks counts 0, as in AgentBench). All dialogues advance
-together (mergekit_cycleqd.evaluate.agent_loop), so the model generates for
+together (cycleqd_evaluators.agent_loop), so the model generates for
 every open task in one batch per round.
 """
 
@@ -20,14 +20,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mergekit_cycleqd.evaluate.agent_loop import Episode, run_episodes
-from mergekit_cycleqd.evaluate.agentbench import dbbench_protocol as dbp
-from mergekit_cycleqd.evaluate.agentbench.db_backends import (
+from cycleqd_evaluators.agent_loop import Episode, run_episodes
+from cycleqd_evaluators.agentbench import dbbench_protocol as dbp
+from cycleqd_evaluators.agentbench.db_backends import (
     DEFAULT_MAX_RESULT_BYTES,
     DatabaseBackend,
     TaskDatabase,
 )
-from mergekit_cycleqd.evaluate.agentbench.dbbench_tasks import DBTask, load_dbbench
+from cycleqd_evaluators.agentbench.dbbench_tasks import DBTask, load_dbbench
+from cycleqd_evaluators.id_selection import IdSpec, expand_ids
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
     EvaluatorOptions,
@@ -36,7 +37,6 @@ from mergekit_cycleqd.evaluate.base import (
     ModelBackend,
     TaskResult,
 )
-from mergekit_cycleqd.evaluate.id_selection import IdSpec, expand_ids
 
 
 def build_opening(task: DBTask, system_prompt: str | None = None) -> list[Message]:
@@ -246,10 +246,10 @@ class DBBenchEvaluator(Evaluator):
         """A database backend for one evaluation (closed by the caller)."""
         o, db = self.options, self.options.database
         if isinstance(db, SQLiteOptions):
-            from mergekit_cycleqd.evaluate.agentbench.dbbench_sqlite import SQLiteBackend
+            from cycleqd_evaluators.agentbench.dbbench_sqlite import SQLiteBackend
 
             return SQLiteBackend(query_timeout_s=o.query_timeout_s, max_result_bytes=o.max_result_bytes)
-        from mergekit_cycleqd.evaluate.agentbench.dbbench_mysql import MySQLBackend
+        from cycleqd_evaluators.agentbench.dbbench_mysql import MySQLBackend
 
         password = db.password
         if db.password_env is not None:

@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cycleqd_evaluators.code.data import Problem, require_evalplus
+from cycleqd_evaluators.code.judge import split_assert
 from mergekit_cycleqd.evaluate.base import Message, Prompt
-from mergekit_cycleqd.evaluate.code.data import Problem, require_evalplus
-from mergekit_cycleqd.evaluate.code.judge import split_assert
 
 ProtocolName = Literal["default", "cycleqd"]
 

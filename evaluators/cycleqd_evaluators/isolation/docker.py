@@ -13,8 +13,8 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-from mergekit_cycleqd.evaluate.isolation.channel import OutputReader, ShellChannel
-from mergekit_cycleqd.evaluate.isolation.shell import (
+from cycleqd_evaluators.isolation.channel import OutputReader, ShellChannel
+from cycleqd_evaluators.isolation.shell import (
     SANDBOX_PATH,
     Sandbox,
     SandboxBackend,

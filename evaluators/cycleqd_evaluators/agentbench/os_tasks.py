@@ -2,7 +2,7 @@
 
 Script references (``{"file": ...}``) are read when loading, so a missing
 init or checker script is reported before any model is run. Standard checker
-scripts are not needed on disk: ``mergekit_cycleqd.evaluate.agentbench.os_checks`` implements them.
+scripts are not needed on disk: ``cycleqd_evaluators.agentbench.os_checks`` implements them.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mergekit_cycleqd.evaluate.agentbench.os_tasks import OSTask
-    from mergekit_cycleqd.evaluate.isolation import CommandResult, Sandbox
+    from cycleqd_evaluators.agentbench.os_tasks import OSTask
+    from cycleqd_evaluators.isolation import CommandResult, Sandbox
 
 
 def _int_equal(answer: str, reference: str) -> bool:

@@ -1,6 +1,6 @@
 """AgentBench OS interaction: a model operates a throw-away Linux system through bash.
 
-Per task: a fresh sandbox (``mergekit_cycleqd.evaluate.isolation``), the task's ``create.init``
+Per task: a fresh sandbox (``cycleqd_evaluators.isolation``), the task's ``create.init``
 scripts and ``start`` command, then replies under AgentBench's protocol
 (``os_protocol``: 8 rounds by default, ``protocol: cycleqd`` for the paper's 5 rounds
 and 5 repeats) in which the model runs shell commands (``Act: bash``), answers
@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mergekit_cycleqd.evaluate.agent_loop import Episode, run_episodes
-from mergekit_cycleqd.evaluate.agentbench.os_checks import BUILTIN_CHECKS, Verdict, judge
-from mergekit_cycleqd.evaluate.agentbench.os_protocol import (
+from cycleqd_evaluators.agent_loop import Episode, run_episodes
+from cycleqd_evaluators.agentbench.os_checks import BUILTIN_CHECKS, Verdict, judge
+from cycleqd_evaluators.agentbench.os_protocol import (
     OUTPUT_LIMIT,
     PROTOCOLS,
     Protocol,
@@ -29,7 +29,8 @@ from mergekit_cycleqd.evaluate.agentbench.os_protocol import (
     opening,
     parse_action,
 )
-from mergekit_cycleqd.evaluate.agentbench.os_tasks import OSTask, load_tasks
+from cycleqd_evaluators.agentbench.os_tasks import OSTask, load_tasks
+from cycleqd_evaluators.isolation import Sandbox, SandboxBackend, SandboxError, SandboxLimits
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
     EvaluatorOptions,
@@ -38,7 +39,6 @@ from mergekit_cycleqd.evaluate.base import (
     ModelBackend,
     TaskResult,
 )
-from mergekit_cycleqd.evaluate.isolation import Sandbox, SandboxBackend, SandboxError, SandboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ class OSInteractionOptions(EvaluatorOptions):
 
 def make_sandbox_backend(options: OSInteractionOptions) -> SandboxBackend:
     """The sandbox backend the options ask for; ``auto`` prefers Docker when a daemon answers."""
-    from mergekit_cycleqd.evaluate.isolation.bwrap import BwrapBackend
-    from mergekit_cycleqd.evaluate.isolation.docker import DockerBackend, docker_available
+    from cycleqd_evaluators.isolation.bwrap import BwrapBackend
+    from cycleqd_evaluators.isolation.docker import DockerBackend, docker_available
 
     limits = SandboxLimits(options.memory_mb, options.pids_limit, options.disk_mb)
     kind = options.sandbox
@@ -95,7 +95,7 @@ def make_sandbox_backend(options: OSInteractionOptions) -> SandboxBackend:
     if kind == "docker":
         return DockerBackend(options.docker_images, limits)
     if options.rootfs == "packages":
-        from mergekit_cycleqd.evaluate.isolation.rootfs import PACKAGES, ensure_rootfs
+        from cycleqd_evaluators.isolation.rootfs import PACKAGES, ensure_rootfs
 
         return BwrapBackend(ensure_rootfs((*PACKAGES, *options.extra_packages)), limits)
     return BwrapBackend(options.rootfs, limits)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mergekit_cycleqd.evaluate.code._runtime import Opaque, Raised
-from mergekit_cycleqd.evaluate.code.data import Problem
+from cycleqd_evaluators.code._runtime import Opaque, Raised
+from cycleqd_evaluators.code.data import Problem
 
 
 def _oracles() -> Any:

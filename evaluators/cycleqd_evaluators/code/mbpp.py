@@ -2,7 +2,7 @@
 
 The data is the original MBPP JSONL or an evalplus release file (``data.py``); the prompt
 and code extraction follow a named protocol (``protocols.py``). The code runs in the
-sandbox (``mergekit_cycleqd.evaluate.isolation``), which only reports what the candidate's
+sandbox (``cycleqd_evaluators.isolation``), which only reports what the candidate's
 functions returned (``harness.py``); the verdict is given outside the candidate's process
 (``judge.py`` for MBPP's asserts, ``plus.py`` for evalplus's inputs), so an early exit or a
 tampered interpreter is a failure, never a pass.
@@ -18,6 +18,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from cycleqd_evaluators.code import _runtime
+from cycleqd_evaluators.code.data import Problem, load_problems, require_evalplus
+from cycleqd_evaluators.code.harness import CallOutcome, run_calls
+from cycleqd_evaluators.code.judge import SplitAssert, judge, split_tests
+from cycleqd_evaluators.code.plus import expected_outputs, output_matches
+from cycleqd_evaluators.code.protocols import Protocol, ProtocolName
+from cycleqd_evaluators.id_selection import IdSpec, expand_ids
+from cycleqd_evaluators.isolation.process import ProcessLimits
 from mergekit_cycleqd.errors import TaskFileError
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
@@ -27,14 +35,6 @@ from mergekit_cycleqd.evaluate.base import (
     Prompt,
     TaskResult,
 )
-from mergekit_cycleqd.evaluate.code import _runtime
-from mergekit_cycleqd.evaluate.code.data import Problem, load_problems, require_evalplus
-from mergekit_cycleqd.evaluate.code.harness import CallOutcome, run_calls
-from mergekit_cycleqd.evaluate.code.judge import SplitAssert, judge, split_tests
-from mergekit_cycleqd.evaluate.code.plus import expected_outputs, output_matches
-from mergekit_cycleqd.evaluate.code.protocols import Protocol, ProtocolName
-from mergekit_cycleqd.evaluate.id_selection import IdSpec, expand_ids
-from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits
 
 MBPP_TEST_SPLIT = ["11-510"]
 

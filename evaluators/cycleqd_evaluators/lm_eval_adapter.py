@@ -142,7 +142,7 @@ class LMEvalEvaluator(Evaluator):
         """
         if self._prepared is not None and self._prepared_for is lm:
             return self._prepared
-        from mergekit_cycleqd.evaluate.lm_eval_prepared import prepare_tasks
+        from cycleqd_evaluators.lm_eval_prepared import prepare_tasks
 
         options = self.options
         loaded = prepare_tasks(
@@ -170,7 +170,7 @@ class LMEvalEvaluator(Evaluator):
         return loaded
 
     def evaluate(self, backend: ModelBackend) -> TaskResult:
-        from mergekit_cycleqd.evaluate.lm_eval_prepared import run_prepared
+        from cycleqd_evaluators.lm_eval_prepared import run_prepared
 
         options = self.options
         lm = backend.lm_eval_model()

@@ -14,7 +14,7 @@ import secrets
 import time
 from pathlib import Path
 
-from mergekit_cycleqd.evaluate.isolation.reaping import kill_until_gone
+from cycleqd_evaluators.isolation.reaping import kill_until_gone
 
 log = logging.getLogger(__name__)
 _ROOT = Path("/sys/fs/cgroup")

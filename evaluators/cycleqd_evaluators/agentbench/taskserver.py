@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from cycleqd_evaluators.agent_loop import Episode, run_episodes
 from mergekit_cycleqd.errors import TaskServerError
-from mergekit_cycleqd.evaluate.agent_loop import Episode, run_episodes
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
     EvaluatorOptions,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_cycleqd.evaluate.code import _runtime
-from mergekit_cycleqd.evaluate.isolation.process import ProcessLimits, SandboxResult, run_python
+from cycleqd_evaluators.code import _runtime
+from cycleqd_evaluators.isolation.process import ProcessLimits, SandboxResult, run_python
 
 _RUNTIME_SOURCE = Path(_runtime.__file__).read_text(encoding="utf-8")
 

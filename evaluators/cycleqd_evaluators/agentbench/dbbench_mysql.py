@@ -30,7 +30,7 @@ import secrets
 import threading
 from typing import Any
 
-from mergekit_cycleqd.evaluate.agentbench.db_backends import (
+from cycleqd_evaluators.agentbench.db_backends import (
     DEFAULT_MAX_RESULT_BYTES,
     GROUP_CONCAT_MAX_LEN,
     DatabaseBackend,

@@ -28,16 +28,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from mergekit_cycleqd.evaluate.isolation.cgroups import CgroupLimits
-from mergekit_cycleqd.evaluate.isolation.channel import OutputReader, ShellChannel
-from mergekit_cycleqd.evaluate.isolation.shell import (
+from cycleqd_evaluators.isolation.cgroups import CgroupLimits
+from cycleqd_evaluators.isolation.channel import OutputReader, ShellChannel
+from cycleqd_evaluators.isolation.shell import (
     SANDBOX_PATH,
     Sandbox,
     SandboxBackend,
     SandboxError,
     SandboxLimits,
 )
-from mergekit_cycleqd.evaluate.isolation.views import (
+from cycleqd_evaluators.isolation.views import (
     JUDGE_PATH,
     judge_binds,
     judge_prepare_script,

@@ -29,7 +29,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from mergekit_cycleqd.evaluate.agentbench.db_backends import (
+from cycleqd_evaluators.agentbench.db_backends import (
     DEFAULT_MAX_RESULT_BYTES,
     DatabaseBackend,
     QueryOutcome,

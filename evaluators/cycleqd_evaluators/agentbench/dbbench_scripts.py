@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mergekit_cycleqd.evaluate.agentbench.dbbench import DBBenchEvaluator, build_opening
-from mergekit_cycleqd.evaluate.agentbench.dbbench_tasks import DBTask
+from cycleqd_evaluators.agentbench.dbbench import DBBenchEvaluator, build_opening
+from cycleqd_evaluators.agentbench.dbbench_tasks import DBTask
 from mergekit_cycleqd.evaluate.base import Prompt
 
 WRONG_ANSWER = "definitely not the answer"

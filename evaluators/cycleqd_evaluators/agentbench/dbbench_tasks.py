@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cycleqd_evaluators.agentbench.db_backends import TableSpec
 from mergekit_cycleqd.errors import TaskFileError
-from mergekit_cycleqd.evaluate.agentbench.db_backends import TableSpec
 
 logger = logging.getLogger(__name__)
 
