@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_cycleqd"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "mergekit_cycleqd"
 ROOT = "mergekit_cycleqd"
+EVALUATORS = REPO / "evaluators" / "cycleqd_evaluators"
+PUBLIC_EVALUATOR_API = "mergekit_cycleqd.evaluate"
+"""The one core module an evaluator may import (its ``__init__`` re-exports the contract)."""
 
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS = [
@@ -28,8 +32,8 @@ LAYERS = [
 ]
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -133,3 +137,57 @@ def test_modules_stay_small(limit):
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > limit
     }
     assert not big, f"modules over {limit} lines: {big}"
+
+
+def evaluator_modules() -> dict[str, Path]:
+    return {module_name(p, EVALUATORS): p for p in EVALUATORS.rglob("*.py")}
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every absolute module name a file imports (``from a.b import c`` gives a.b and a.b.c)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_core_imports_no_evaluator_implementation():
+    offenders = {
+        name: sorted(i for i in _imported_names(path) if i.split(".")[0] == "cycleqd_evaluators")
+        for name, path in all_modules().items()
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"core modules importing cycleqd_evaluators: {offenders}"
+
+
+def test_evaluators_import_only_the_public_evaluator_api():
+    offenders = {
+        name: sorted(
+            i for i in _imported_names(path)
+            if i.split(".")[0] == ROOT and i != PUBLIC_EVALUATOR_API
+        )
+        for name, path in evaluator_modules().items()
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"evaluator modules importing core internals: {offenders}"
+
+
+def test_the_import_checks_see_a_planted_violation(tmp_path):
+    planted = tmp_path / "bad.py"
+    planted.write_text("from mergekit_cycleqd.merge.genome import Genome\nimport cycleqd_evaluators.code\n")
+    assert _imported_names(planted) == {"mergekit_cycleqd.merge.genome", "cycleqd_evaluators.code"}
+
+
+def test_evaluator_modules_have_no_import_circle_and_stay_small():
+    modules = evaluator_modules()
+    known = set(modules)
+    edges = {
+        name: {t for t in imports_of(path, name, known) if not name.startswith(t + ".")}
+        for name, path in modules.items()
+    }
+    assert find_cycle(edges) is None, f"import circle: {' -> '.join(find_cycle(edges))}"
+    big = {n: c for n, p in modules.items() if (c := len(p.read_text().splitlines())) > 400}
+    assert not big, f"modules over 400 lines: {big}"

@@ -124,3 +124,32 @@ def test_a_recipe_runs_with_a_third_party_evaluator(plugin_site, tiny_family, tm
     assert len(children) == 4 and all(c.status == "ok" for c in children)
     sample = (run / "samples").rglob("t1.opt.jsonl").__next__().read_text().splitlines()[0]
     assert json.loads(sample)["plugin"] == "cqd_share_plugin"
+
+
+def test_the_projects_evaluators_come_from_their_own_distributions_entry_points():
+    from importlib.metadata import entry_points
+
+    from mergekit_cycleqd.evaluate.base import _REGISTRY
+
+    own = {k: v for k, v in _REGISTRY.items() if v.startswith("cycleqd_evaluators.")}
+    assert own == {}, "the core registers no evaluator module of its own"
+    declared = {
+        ep.name: ep for ep in entry_points(group="mergekit_cycleqd.evaluators")
+        if ep.dist is not None and ep.dist.name == "mergekit-cycleqd-evaluators"
+    }
+    assert set(declared) == {
+        "lm_eval", "mbpp", "dbbench", "os_interaction", "agentbench_server", "weight_probe", "iou"
+    }
+    for kind, ep in declared.items():
+        assert evaluator_class(kind) is ep.load()
+        assert ep.value.startswith("cycleqd_evaluators.")
+
+
+def test_a_project_kind_without_the_evaluators_installed_gets_the_install_line(monkeypatch):
+    import mergekit_cycleqd.evaluate.plugins as plugins
+
+    monkeypatch.setattr(plugins, "entry_point_kinds", lambda: {})
+    with pytest.raises(ValueError, match=r"mergekit-cycleqd-evaluators.*pip install -e \./evaluators"):
+        evaluator_class("mbpp")
+    with pytest.raises(ValueError, match="unknown evaluator 'mbpp_x'"):
+        evaluator_class("mbpp_x")  # not one of the project's kinds: no install line

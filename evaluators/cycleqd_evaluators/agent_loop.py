@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from mergekit_cycleqd.evaluate.base import GenerationConfig, Message, ModelBackend
+from mergekit_cycleqd.evaluate import GenerationConfig, Message, ModelBackend
 
 
 class Episode(ABC):

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import Field
 
-from mergekit_cycleqd.evaluate.base import Evaluator, EvaluatorOptions, ModelBackend, TaskResult
+from mergekit_cycleqd.evaluate import Evaluator, EvaluatorOptions, ModelBackend, TaskResult
 
 OFFLINE_ENV: dict[str, str] = {
     "HF_DATASETS_OFFLINE": "1",
@@ -168,6 +168,13 @@ class LMEvalEvaluator(Evaluator):
                 task.set_config(key="test_split", value=options.split)
         self._prepared, self._prepared_for = loaded, lm
         return loaded
+
+    @classmethod
+    def preflight(cls, options: LMEvalOptions, *, where: str, cache: dict[str, Any]) -> list[str]:
+        """Task, metric and filter names in lm-eval's own task index; local data files."""
+        from cycleqd_evaluators.lm_eval_checks import check_lm_eval_task
+
+        return check_lm_eval_task(options, where=where, managers=cache.setdefault("lm_eval", {}))
 
     def evaluate(self, backend: ModelBackend) -> TaskResult:
         from cycleqd_evaluators.lm_eval_prepared import run_prepared

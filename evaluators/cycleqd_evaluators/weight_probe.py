@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mergekit_cycleqd.evaluate.base import Evaluator, EvaluatorOptions, ModelBackend, TaskResult
+from mergekit_cycleqd.evaluate import Evaluator, EvaluatorOptions, ModelBackend, TaskResult
 
 
 class WeightProbeOptions(EvaluatorOptions):

@@ -1,20 +1,26 @@
-"""Evaluate: score the resident model on one task split.
+"""Evaluate: the public evaluator API, and where the model lives.
 
-- ``base``: the contract (``Evaluator`` with its ``Options``, ``ModelBackend``,
-  ``TaskResult``) and the name -> class registry a recipe's ``evaluator:`` reads.
+This package's top level is everything an evaluator may import from the core
+(``cycleqd_evaluators`` and third-party evaluators import nothing else):
+
+- ``base``: the contract (``Evaluator`` with its ``Options`` and ``preflight``,
+  ``ModelBackend``, ``TaskResult``, prompts) and the name -> class registry a recipe's
+  ``evaluator:`` reads (entry-point group ``mergekit_cycleqd.evaluators``).
+- the errors an evaluator raises for bad task files and broken sandboxes.
 - ``backends``: where the model lives (transformers, vLLM, scripted for tests).
-- ``lm_eval_adapter``: any lm-eval task on the resident model.
-- ``code``: code generation scored by executing tests (MBPP).
-- ``agentbench``: AgentBench's DB and OS tasks and its task-server protocol.
-- ``isolation``: the sandboxes every piece of untrusted output runs in.
-- ``agent_loop``: multi-turn dialogues advanced together, one batched generation a round.
+
+The implementations (lm-eval, MBPP, AgentBench, sandboxes) are the separate
+``mergekit-cycleqd-evaluators`` distribution under ``evaluators/``.
 """
 
+from mergekit_cycleqd.errors import SandboxError, TaskFileError, TaskServerError
 from mergekit_cycleqd.evaluate.base import (
     Evaluator,
     EvaluatorOptions,
     GenerationConfig,
+    Message,
     ModelBackend,
+    Prompt,
     TaskResult,
     build_evaluator,
     evaluator_class,
@@ -26,8 +32,13 @@ __all__ = [
     "Evaluator",
     "EvaluatorOptions",
     "GenerationConfig",
+    "Message",
     "ModelBackend",
+    "Prompt",
+    "SandboxError",
+    "TaskFileError",
     "TaskResult",
+    "TaskServerError",
     "build_evaluator",
     "evaluator_class",
     "evaluator_kinds",

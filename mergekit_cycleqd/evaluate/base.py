@@ -92,6 +92,17 @@ class Evaluator(ABC):
     def __init__(self, options: EvaluatorOptions):
         self.options = options
 
+    @classmethod
+    def preflight(
+        cls, options: EvaluatorOptions, *, where: str, cache: dict[str, Any]
+    ) -> list[str]:
+        """Problems a run would hit later that can be seen now, before any model loads
+        (``mergekit-cycleqd check`` and every run call it): unknown task names, missing
+        files. Each problem reads ``WHERE.field: what is wrong (got VALUE)``, with
+        ``where`` prefixed. ``cache`` is shared by every call of one check (an index
+        built once). Never trains, downloads or starts a server. Default: none."""
+        return []
+
     @abstractmethod
     def evaluate(self, backend: ModelBackend) -> TaskResult:
         """Score the backend's current model."""

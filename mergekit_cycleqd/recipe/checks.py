@@ -4,7 +4,7 @@ A recipe can be valid YAML and still fail after the seeds were scored: an expert
 folder with a typo, an expert fine-tuned from another base (different shapes), an
 lm-eval task or metric name lm-eval does not know. ``check_recipe`` finds all of
 them at once, reading only each model's ``config.json`` and safetensors headers
-and lm-eval's own task index, and raises one ``RecipeError`` listing every problem
+and what each evaluator checks before a model loads (lm-eval's own task index), and raises one ``RecipeError`` listing every problem
 as ``FILE: field: what is wrong (got VALUE)``. ``mergekit-cycleqd check`` and
 every run call it before a run folder is created.
 """
@@ -176,90 +176,27 @@ def check_shapes(folders: dict[str, Path], *, source: str) -> list[str]:
     return problems
 
 
-def check_lm_eval_names(recipe: Recipe, *, source: str) -> list[str]:
-    """Every lm-eval task, metric and filter name, looked up in lm-eval's own task index."""
-    from cycleqd_evaluators.lm_eval_adapter import LMEvalOptions
+def check_evaluators(recipe: Recipe, *, source: str) -> list[str]:
+    """What each task's evaluator can tell before any model loads (``Evaluator.preflight``):
+    lm-eval task, metric and filter names, data files, and so on."""
+    from mergekit_cycleqd.evaluate import evaluator_class
 
-    managers: dict[tuple[str | None, bool], Any] = {}
+    cache: dict[str, Any] = {}
     problems = []
     groups = [("tasks", recipe.tasks), ("final.generalisation", recipe.final.generalisation)]
     for group, tasks in groups:
         for index, task in enumerate(tasks):
-            if task.evaluator != "lm_eval":
+            try:
+                cls = evaluator_class(task.evaluator)
+            except ValueError as error:
+                problems.append(f"{source}: {group}[{index}].evaluator: {error}")
                 continue
             splits = [("opt", "optimisation")] + ([("test", "test")] if task.test is not None else [])
             for split, split_field in splits:
-                options = LMEvalOptions.model_validate(task.split_options(split))
+                options = cls.Options.model_validate(task.split_options(split))
                 where = f"{source}: {group}[{index}].options/{split_field}"
-                problems += _check_lm_eval_task(options, where=where, managers=managers)
+                problems += cls.preflight(options, where=where, cache=cache)
     return list(dict.fromkeys(problems))
-
-
-def _check_lm_eval_task(options: Any, *, where: str, managers: dict) -> list[str]:
-    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
-
-    include = options.include_path
-    if include is not None and not Path(include).is_dir():
-        return [f"{where}.include_path: not a folder (got {include!r})"]
-    defaults = options.include_defaults if options.include_defaults is not None else include is None
-    key = (include, defaults)
-    if key not in managers:
-        from lm_eval.tasks import TaskManager
-
-        managers[key] = TaskManager(include_path=include, include_defaults=defaults)
-    manager = managers[key]
-    known = list(manager.all_tasks)
-    if options.task not in known:
-        place = include or "lm-eval's built-in tasks"
-        return [
-            f"{where}.task: no lm-eval task of that name in {place} (got {options.task!r})"
-            + _near(options.task, known)
-        ]
-    config = _task_config(manager, options.task)
-    if config is None:
-        return []  # a group or a Python-defined task: its metrics are known only when it runs
-    metrics = [m["metric"] for m in config.get("metric_list") or [] if isinstance(m, dict)]
-    metrics = metrics or DEFAULT_METRIC_REGISTRY.get(config.get("output_type", ""), [])
-    problems = []
-    if metrics and options.metric not in metrics:
-        problems.append(
-            f"{where}.metric: task {options.task!r} reports no metric of that name "
-            f"(got {options.metric!r}); it reports: {', '.join(metrics)}"
-            + _near(options.metric, metrics)
-        )
-    problems += _missing_data_files(config, where=where, task=options.task)
-    filters = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)]
-    filters = filters or ["none"]
-    if options.filter not in filters:
-        problems.append(
-            f"{where}.filter: task {options.task!r} has no filter of that name "
-            f"(got {options.filter!r}); its filters: {', '.join(map(str, filters))}"
-        )
-    return problems
-
-
-def _missing_data_files(config: dict[str, Any], *, where: str, task: str) -> list[str]:
-    """Local data files a task YAML names (``dataset_kwargs.data_files``) that do not exist."""
-    files = (config.get("dataset_kwargs") or {}).get("data_files")
-    if isinstance(files, dict):
-        files = list(files.values())
-    paths = [f for f in (files if isinstance(files, list) else [files]) if isinstance(f, str)]
-    return [
-        f"{where}.task: task {task!r} reads data file {path!r}, which does not exist"
-        for path in paths
-        if "://" not in path and not any(c in path for c in "*?[") and not Path(path).exists()
-    ]
-
-
-def _task_config(manager: Any, name: str) -> dict[str, Any] | None:
-    """A single task's YAML config as lm-eval resolves it, or None when it is not one."""
-    entry = manager.task_index.get(name) if hasattr(manager, "task_index") else None
-    if entry is None or getattr(getattr(entry, "kind", None), "name", "") != "TASK":
-        return None
-    try:
-        return manager._factory._load_full_config(entry)
-    except Exception:  # an lm-eval version with another layout: the run reports it instead
-        return None
 
 
 def check_recipe(recipe: Recipe, *, source: str) -> CheckReport:
@@ -275,7 +212,7 @@ def check_recipe(recipe: Recipe, *, source: str) -> CheckReport:
     folders, problems = check_models(recipe, source=source)
     if not problems:
         problems += check_shapes(folders, source=source)
-    problems += check_lm_eval_names(recipe, source=source)
+    problems += check_evaluators(recipe, source=source)
     if problems:
         raise RecipeError("\n".join(problems))
     mapping = [

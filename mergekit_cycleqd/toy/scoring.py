@@ -53,18 +53,19 @@ def score_table(
     device: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """row label -> skill -> exact-match score on ``split`` ("opt", "val" or "test")."""
-    from cycleqd_evaluators.lm_eval_adapter import LMEvalEvaluator, LMEvalOptions
+    from mergekit_cycleqd.evaluate import build_evaluator
     from mergekit_cycleqd.evaluate.backends.transformers_backend import TransformersBackend
 
     backend = TransformersBackend(assets.base, device=device, batch_size=128)
     evaluators = {
-        skill: LMEvalEvaluator(
-            LMEvalOptions(
-                task=names[split],
-                include_path=str(assets.task_dir),
-                metric=assets.metric,
-                log_samples=False,
-            )
+        skill: build_evaluator(
+            "lm_eval",
+            {
+                "task": names[split],
+                "include_path": str(assets.task_dir),
+                "metric": assets.metric,
+                "log_samples": False,
+            },
         )
         for skill, names in assets.tasks.items()
     }

@@ -29,7 +29,7 @@ from cycleqd_evaluators.agentbench.db_backends import (
 )
 from cycleqd_evaluators.agentbench.dbbench_tasks import DBTask, load_dbbench
 from cycleqd_evaluators.id_selection import IdSpec, expand_ids
-from mergekit_cycleqd.evaluate.base import (
+from mergekit_cycleqd.evaluate import (
     Evaluator,
     EvaluatorOptions,
     GenerationConfig,

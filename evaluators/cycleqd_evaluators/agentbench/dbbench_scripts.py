@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from cycleqd_evaluators.agentbench.dbbench import DBBenchEvaluator, build_opening
 from cycleqd_evaluators.agentbench.dbbench_tasks import DBTask
-from mergekit_cycleqd.evaluate.base import Prompt
+from mergekit_cycleqd.evaluate import Prompt
 
 WRONG_ANSWER = "definitely not the answer"
 

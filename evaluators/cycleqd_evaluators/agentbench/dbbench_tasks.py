@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd_evaluators.agentbench.db_backends import TableSpec
-from mergekit_cycleqd.errors import TaskFileError
+from mergekit_cycleqd.evaluate import TaskFileError
 
 logger = logging.getLogger(__name__)
 

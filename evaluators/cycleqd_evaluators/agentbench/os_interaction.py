@@ -31,7 +31,7 @@ from cycleqd_evaluators.agentbench.os_protocol import (
 )
 from cycleqd_evaluators.agentbench.os_tasks import OSTask, load_tasks
 from cycleqd_evaluators.isolation import Sandbox, SandboxBackend, SandboxError, SandboxLimits
-from mergekit_cycleqd.evaluate.base import (
+from mergekit_cycleqd.evaluate import (
     Evaluator,
     EvaluatorOptions,
     GenerationConfig,

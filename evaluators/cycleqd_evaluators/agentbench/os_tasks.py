@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_cycleqd.errors import TaskFileError
+from mergekit_cycleqd.evaluate import TaskFileError
 
 log = logging.getLogger(__name__)
 

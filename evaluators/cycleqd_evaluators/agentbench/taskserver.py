@@ -19,14 +19,14 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from cycleqd_evaluators.agent_loop import Episode, run_episodes
-from mergekit_cycleqd.errors import TaskServerError
-from mergekit_cycleqd.evaluate.base import (
+from mergekit_cycleqd.evaluate import (
     Evaluator,
     EvaluatorOptions,
     GenerationConfig,
     Message,
     ModelBackend,
     TaskResult,
+    TaskServerError,
 )
 
 _RESULT_KEYS = ("result", "is_correct", "correct", "success")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_cycleqd.errors import TaskFileError
+from mergekit_cycleqd.evaluate import TaskFileError
 
 EVALPLUS_INSTALL = (
     "pip install --no-deps 'evalplus==0.3.1' && "

@@ -26,13 +26,13 @@ from cycleqd_evaluators.code.plus import expected_outputs, output_matches
 from cycleqd_evaluators.code.protocols import Protocol, ProtocolName
 from cycleqd_evaluators.id_selection import IdSpec, expand_ids
 from cycleqd_evaluators.isolation.process import ProcessLimits
-from mergekit_cycleqd.errors import TaskFileError
-from mergekit_cycleqd.evaluate.base import (
+from mergekit_cycleqd.evaluate import (
     Evaluator,
     EvaluatorOptions,
     GenerationConfig,
     ModelBackend,
     Prompt,
+    TaskFileError,
     TaskResult,
 )
 

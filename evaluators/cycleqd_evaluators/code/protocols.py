@@ -21,7 +21,7 @@ from typing import Literal
 
 from cycleqd_evaluators.code.data import Problem, require_evalplus
 from cycleqd_evaluators.code.judge import split_assert
-from mergekit_cycleqd.evaluate.base import Message, Prompt
+from mergekit_cycleqd.evaluate import Message, Prompt
 
 ProtocolName = Literal["default", "cycleqd"]
 

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mergekit_cycleqd.errors import SandboxError
+from mergekit_cycleqd.evaluate import SandboxError
 
 log = logging.getLogger(__name__)
 

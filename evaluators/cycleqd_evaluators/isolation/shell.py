@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cycleqd_evaluators.isolation.channel import CommandResult, ShellChannel, bash_quote
-from mergekit_cycleqd.errors import SandboxError
+from mergekit_cycleqd.evaluate import SandboxError
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GRACE_S = 10.0

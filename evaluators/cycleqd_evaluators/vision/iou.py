@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mergekit_cycleqd.evaluate.base import Evaluator, EvaluatorOptions, ModelBackend, TaskResult
+from mergekit_cycleqd.evaluate import Evaluator, EvaluatorOptions, ModelBackend, TaskResult
 
 
 class IoUOptions(EvaluatorOptions):
