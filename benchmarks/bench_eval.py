@@ -29,13 +29,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare_generate(backend, prompts: list[str], *, max_new_tokens: int, stops: list[str]) -> list[str]:
+def bare_generate(
+    backend, prompts: list[str], *, max_new_tokens: int, stops: list[str]
+) -> list[str]:
     """Batched greedy generation, left-padded, stopping at the stop strings; nothing else."""
     tokenizer, model = backend.tokenizer, backend.model
     tokenizer.padding_side = "left"
     replies: list[str] = []
     for start in range(0, len(prompts), backend.batch_size):
-        batch = tokenizer(prompts[start : start + backend.batch_size], return_tensors="pt", padding=True)
+        batch = tokenizer(
+            prompts[start : start + backend.batch_size], return_tensors="pt", padding=True
+        )
         with torch.no_grad():
             output = model.generate(
                 **batch.to(backend.device),

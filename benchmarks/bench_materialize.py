@@ -138,7 +138,9 @@ def main() -> None:
     for rank in ranks:
         cache = root / f"cache-{rank or 'full'}"
         shutil.rmtree(cache, ignore_errors=True)
-        breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), cache)
+        breeder = Breeder(
+            base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), cache
+        )
         breeder.factor_keys()  # content hashes (memoised on disk), not part of the SVD build
         start = time.perf_counter()
         for k in range(3):

@@ -75,12 +75,20 @@ def swap_vs_restart(root: Path, *, hidden: int, layers: int, swaps: int, starts:
     swap = []  # read the child's file, reload it into the engine, answer
     for i in range(swaps):
         t0 = time.perf_counter()
-        backend.load_child(StateDictWeights(load_file(str(models[(i + 1) % 2] / "model.safetensors"))))
+        backend.load_child(
+            StateDictWeights(load_file(str(models[(i + 1) % 2] / "model.safetensors")))
+        )
         backend.generate(PROMPTS, greedy)
         swap.append(time.perf_counter() - t0)
     backend.close()
     r, s = statistics.median(restart), statistics.median(swap)
-    return {"model_mb": size / 2**20, "restart_s": r, "swap_s": s, "ratio": r / s, "starts": restart}
+    return {
+        "model_mb": size / 2**20,
+        "restart_s": r,
+        "swap_s": s,
+        "ratio": r / s,
+        "starts": restart,
+    }
 
 
 def toy_children_per_minute(root: Path, *, generations: int) -> dict:
@@ -95,8 +103,12 @@ def toy_children_per_minute(root: Path, *, generations: int) -> dict:
     }
     result = {}
     for kind, options in backends.items():
-        recipe = toy_recipe_on(assets, {"kind": kind, "options": options},
-                               generations=generations, path=root / f"toy-{kind}.yml")
+        recipe = toy_recipe_on(
+            assets,
+            {"kind": kind, "options": options},
+            generations=generations,
+            path=root / f"toy-{kind}.yml",
+        )
         t0 = time.perf_counter()
         assert main([str(recipe), "--out", str(root / f"run-{kind}")]) == 0
         seconds = time.perf_counter() - t0
@@ -117,15 +129,21 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        s = swap_vs_restart(root, hidden=args.hidden, layers=args.layers, swaps=args.swaps, starts=args.starts)
+        s = swap_vs_restart(
+            root, hidden=args.hidden, layers=args.layers, swaps=args.swaps, starts=args.starts
+        )
         toy = toy_children_per_minute(root, generations=args.generations)
     print(f"model {s['model_mb']:.1f} MB (hidden {args.hidden}, {args.layers} layers, fp32)")
     print("| per child | seconds (median) |\n|---|---:|")
     print(f"| new engine on the child's folder, first answers | {s['restart_s']:.2f} |")
     print(f"| swap into the running engine, first answers | {s['swap_s']:.3f} |")
     print(f"| ratio | {s['ratio']:.0f}x |")
-    print("engine starts, in order (the first also imports vLLM):", [round(x, 2) for x in s["starts"]])
-    print(f"\ntoy search, 3 seeds + {args.generations} generations, opt split, end to end (one engine start included):")
+    print(
+        "engine starts, in order (the first also imports vLLM):", [round(x, 2) for x in s["starts"]]
+    )
+    print(
+        f"\ntoy search, 3 seeds + {args.generations} generations, opt split, end to end (one engine start included):"
+    )
     print("| backend | seconds | children/min |\n|---|---:|---:|")
     for kind, row in toy.items():
         print(f"| {kind} | {row['seconds']:.1f} | {row['children_per_min']:.1f} |")

@@ -166,7 +166,9 @@ def linear_merge_seconds(models: Any, device: torch.device, repeats: int) -> flo
     }
     weights = {"m0": -0.5, "m1": 0.5, "m2": 0.5, "m3": 0.5}
     parameters = {"weight": weights, "normalize": False}
-    return timed(lambda: merge_state_dicts(inputs, "linear", parameters=parameters), device, repeats=repeats)
+    return timed(
+        lambda: merge_state_dicts(inputs, "linear", parameters=parameters), device, repeats=repeats
+    )
 
 
 def part_swap(root: Path, device: torch.device, deadline: float, repeats: int) -> dict:
@@ -188,13 +190,17 @@ def part_swap(root: Path, device: torch.device, deadline: float, repeats: int) -
     resident = LlamaForCausalLM.from_pretrained(root / "base", dtype=torch.bfloat16).to(device)
     out: dict[str, Any] = {}
     out["swap_first_child_s"] = timed(lambda: breeder.weights(child).copy_into(resident), device)
-    out["swap_s"] = timed(lambda: breeder.weights(child).copy_into(resident), device, repeats=repeats)
+    out["swap_s"] = timed(
+        lambda: breeder.weights(child).copy_into(resident), device, repeats=repeats
+    )
     if time.perf_counter() > deadline:
         raise Budget(f"swap: stopped after the swap itself: {out}")
     expected = state_dict(breeder.weights(child))  # computed on the CPU
     got = resident.state_dict()
     worst = max(
-        float((got[n].float().cpu() - t.float()).abs().max() / t.float().abs().max().clamp_min(1e-12))
+        float(
+            (got[n].float().cpu() - t.float()).abs().max() / t.float().abs().max().clamp_min(1e-12)
+        )
         for n, t in expected.items()
     )
     out["max_relative_difference_vs_cpu"] = worst
@@ -235,10 +241,19 @@ def part_toy(work: Path, device: torch.device, seconds: float, generations: int)
     recipe.setdefault("final", {})["similarity"] = False
     path = work / "toy-gpu.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    command = [sys.executable, "-m", "mergekit_cycleqd.cli", str(path), "--out", str(work / "toy-run")]
+    command = [
+        sys.executable,
+        "-m",
+        "mergekit_cycleqd.cli",
+        str(path),
+        "--out",
+        str(work / "toy-run"),
+    ]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds, env=env, cwd=ROOT)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds, env=env, cwd=ROOT
+    )
     out = {
         "generations": generations,
         "wall_s": time.perf_counter() - start,
@@ -320,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "model": f"random Llama {shape}",
@@ -330,11 +347,23 @@ def main(argv: list[str] | None = None) -> int:
     if "family" in parts:
         shutil.rmtree(family, ignore_errors=True)
         family.mkdir(parents=True)
-        run_part(report, "family", budgets["family"], lambda d: build_family(family, device, shape, d), end=end)
+        run_part(
+            report,
+            "family",
+            budgets["family"],
+            lambda d: build_family(family, device, shape, d),
+            end=end,
+        )
     if "svd" in parts:
         run_part(report, "svd", budgets["svd"], lambda d: part_svd(family, device, d), end=end)
     if "swap" in parts:
-        run_part(report, "swap", budgets["swap"], lambda d: part_swap(family, device, d, args.repeats), end=end)
+        run_part(
+            report,
+            "swap",
+            budgets["swap"],
+            lambda d: part_swap(family, device, d, args.repeats),
+            end=end,
+        )
     if "toy" in parts:
         run_part(report, "toy", budgets["toy"],
                  lambda d: part_toy(work, device, d - time.perf_counter(), args.toy_generations), end=end)  # fmt: skip

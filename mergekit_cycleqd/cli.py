@@ -24,7 +24,14 @@ from mergekit_cycleqd.errors import CommandError, UserFacingError
 from mergekit_cycleqd.scripts.publish_cli import cmd_publish
 
 SUBCOMMANDS = (
-    "run", "check", "materialize", "report", "similarity", "publish", "recover", "compare"
+    "run",
+    "check",
+    "materialize",
+    "report",
+    "similarity",
+    "publish",
+    "recover",
+    "compare",
 )
 
 
@@ -114,7 +121,10 @@ def cmd_run(argv: list[str]) -> int:
     try:
         check_recipe(recipe, source=str(args.recipe))  # before any run folder exists
         run = CycleQD(
-            recipe, run_dir, resume=args.resume, retry_failed=args.retry_failed,
+            recipe,
+            run_dir,
+            resume=args.resume,
+            retry_failed=args.retry_failed,
             early_workers=early,
         )
     except BaseException:
@@ -241,11 +251,6 @@ def cmd_similarity(argv: list[str]) -> int:
     return 0
 
 
-
-
-
-
-
 def cmd_recover(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mergekit-cycleqd recover",
@@ -309,7 +314,11 @@ def cmd_compare(argv: list[str]) -> int:
     from mergekit_cycleqd.results.compare import compare
 
     args.out.mkdir(parents=True, exist_ok=True)
-    print(compare(args.recipes, args.seeds, args.out, generations=args.generations, variables=variables))
+    print(
+        compare(
+            args.recipes, args.seeds, args.out, generations=args.generations, variables=variables
+        )
+    )
     print(f"Table: {args.out / 'table.md'}\nPlot:  {args.out / 'table.png'}")
     return 0
 

@@ -47,7 +47,9 @@ def shared_data():
     """
     from pathlib import Path
 
-    root = Path(os.environ.get("CYCLEQD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    root = Path(
+        os.environ.get("CYCLEQD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
     if not root.is_dir():
         if os.environ.get("CYCLEQD_REQUIRE_ALL") == "1":
             pytest.fail(f"benchmark data folder {root} is missing")

@@ -13,15 +13,23 @@ import hashlib
 import json
 from pathlib import Path
 
-CITIES = ("Cities", ["City", "Country", "Population"], [
-    ["Montréal", "Canada", "1,762,949"],
-    ["Toronto", "Canada", "2,794,356"],
-    ["Lyon", "France", "513,275"],
-])
-PRIX = ("1952_British_Grand_Prix_0", ["Driver", "Note"], [
-    ["Alberto Ascari", "won"],
-    ["Nino Farina", "second"],
-])
+CITIES = (
+    "Cities",
+    ["City", "Country", "Population"],
+    [
+        ["Montréal", "Canada", "1,762,949"],
+        ["Toronto", "Canada", "2,794,356"],
+        ["Lyon", "France", "513,275"],
+    ],
+)
+PRIX = (
+    "1952_British_Grand_Prix_0",
+    ["Driver", "Note"],
+    [
+        ["Alberto Ascari", "won"],
+        ["Nino Farina", "second"],
+    ],
+)
 SCORES = ("Scores", ["Team", "Points"], [["A", "16"], ["B", "16.0"], ["C", "9"]])
 SHORT = ("Short rows", ["a", "b", "c"], [["1", "x"], [], ["3", "y", "z"]])
 
@@ -39,7 +47,8 @@ def record(table, kind, label, description, *, md5_rows=None, query=None, rows=N
     result = {
         "description": description,
         "add_description": f"The name of this table is {name}, and the headers of this table are "
-        + ",".join(columns) + ".",
+        + ",".join(columns)
+        + ".",
         "type": [kind],
         "label": label,
         "table": {
@@ -63,42 +72,87 @@ def cities_with(change: dict[str, list[str]]) -> list[list[str]]:
 
 # Hand-written: each record, a correct reply script and a near miss that must fail.
 RECORDS = [
-    record(CITIES, "counting", ["2"], "How many of the cities are in Canada?",
-           query="SELECT COUNT(*) FROM Cities WHERE Country = 'Canada'"),
-    record(CITIES, "other", ["Lyon"], "Which city has a population of 513,275?",
-           query="SELECT City FROM Cities WHERE Population = '513,275'"),
-    record(CITIES, "comparison", ["Montréal", "Toronto"], "Which cities are in Canada?",
-           query="SELECT City FROM Cities WHERE Country = 'Canada'"),
-    record(CITIES, "INSERT",
-           ["INSERT INTO Cities (City, Country, Population) VALUES ('Paris', 'France', '2,102,650')"],
-           "Add Paris (France, population 2,102,650).",
-           md5_rows=[*CITIES[2], ["Paris", "France", "2,102,650"]]),
+    record(
+        CITIES,
+        "counting",
+        ["2"],
+        "How many of the cities are in Canada?",
+        query="SELECT COUNT(*) FROM Cities WHERE Country = 'Canada'",
+    ),
+    record(
+        CITIES,
+        "other",
+        ["Lyon"],
+        "Which city has a population of 513,275?",
+        query="SELECT City FROM Cities WHERE Population = '513,275'",
+    ),
+    record(
+        CITIES,
+        "comparison",
+        ["Montréal", "Toronto"],
+        "Which cities are in Canada?",
+        query="SELECT City FROM Cities WHERE Country = 'Canada'",
+    ),
+    record(
+        CITIES,
+        "INSERT",
+        ["INSERT INTO Cities (City, Country, Population) VALUES ('Paris', 'France', '2,102,650')"],
+        "Add Paris (France, population 2,102,650).",
+        md5_rows=[*CITIES[2], ["Paris", "France", "2,102,650"]],
+    ),
     # MySQL's default collation: 'Montreal' matches 'Montréal'.
-    record(CITIES, "UPDATE", ["UPDATE Cities SET Population = '1,800,000' WHERE City = 'Montreal'"],
-           "Montreal now has 1,800,000 inhabitants.",
-           md5_rows=cities_with({"Montréal": ["Montréal", "Canada", "1,800,000"]})),
+    record(
+        CITIES,
+        "UPDATE",
+        ["UPDATE Cities SET Population = '1,800,000' WHERE City = 'Montreal'"],
+        "Montreal now has 1,800,000 inhabitants.",
+        md5_rows=cities_with({"Montréal": ["Montréal", "Canada", "1,800,000"]}),
+    ),
     # An unquoted name starting with digits, and a backslash escape in a literal.
-    record(PRIX, "UPDATE",
-           ["UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\nfastest lap' WHERE Driver = 'Nino Farina'"],
-           "Note for Nino Farina: 'p2', newline, 'fastest lap'.",
-           md5_rows=[["Alberto Ascari", "won"], ["Nino Farina", "p2\nfastest lap"]]),
+    record(
+        PRIX,
+        "UPDATE",
+        [
+            "UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\nfastest lap' WHERE Driver = 'Nino Farina'"
+        ],
+        "Note for Nino Farina: 'p2', newline, 'fastest lap'.",
+        md5_rows=[["Alberto Ascari", "won"], ["Nino Farina", "p2\nfastest lap"]],
+    ),
     # Case-insensitive, trailing spaces ignored by '='.
-    record(PRIX, "UPDATE", ["UPDATE `1952_British_Grand_Prix_0` SET Note = 'pole' WHERE Driver = 'alberto ascari  '"],
-           "Alberto Ascari also took pole.",
-           md5_rows=[["Alberto Ascari", "pole"], ["Nino Farina", "second"]]),
+    record(
+        PRIX,
+        "UPDATE",
+        ["UPDATE `1952_British_Grand_Prix_0` SET Note = 'pole' WHERE Driver = 'alberto ascari  '"],
+        "Alberto Ascari also took pole.",
+        md5_rows=[["Alberto Ascari", "pole"], ["Nino Farina", "second"]],
+    ),
     # Text compared with a number compares numbers in MySQL ('16.0' = 16).
-    record(SCORES, "UPDATE", ["UPDATE Scores SET Team = 'X' WHERE Points = 16"],
-           "Rename every team with 16 points to X.",
-           md5_rows=[["X", "16"], ["X", "16.0"], ["C", "9"]]),
+    record(
+        SCORES,
+        "UPDATE",
+        ["UPDATE Scores SET Team = 'X' WHERE Points = 16"],
+        "Rename every team with 16 points to X.",
+        md5_rows=[["X", "16"], ["X", "16.0"], ["C", "9"]],
+    ),
     # Rows with fewer values than columns (padded with NULL) and a row with none.
-    record(SHORT, "UPDATE", ["UPDATE `Short rows` SET c = 'new' WHERE a = '1'"],
-           "Set c to new where a is 1.",
-           md5_rows=[["1", "x", "new"], [None, None, None], ["3", "y", "z"]]),
+    record(
+        SHORT,
+        "UPDATE",
+        ["UPDATE `Short rows` SET c = 'new' WHERE a = '1'"],
+        "Set c to new where a is 1.",
+        md5_rows=[["1", "x", "new"], [None, None, None], ["3", "y", "z"]],
+    ),
     # Not loadable: more values than columns; then a record without a table.
     record(SCORES, "counting", ["3"], "How many teams?", rows=[["A", "16", "extra"]]),
     {"description": "No table here.", "type": ["counting"], "label": ["1"]},
-    record(("Empty", ["x"], []), "counting", ["0"], "How many rows does Empty have?",
-           rows=None, query="SELECT COUNT(*) FROM Empty"),
+    record(
+        ("Empty", ["x"], []),
+        "counting",
+        ["0"],
+        "How many rows does Empty have?",
+        rows=None,
+        query="SELECT COUNT(*) FROM Empty",
+    ),
 ]
 SKIPPED = {9: "has 3 values for 2 columns", 10: "missing or malformed field 'table'"}
 
@@ -109,7 +163,10 @@ HAND = {
     2: ("SELECT City FROM Cities WHERE Country LIKE 'CAN%'", '["Toronto", "Montréal"]'),
     3: ("INSERT INTO Cities VALUES ('Paris', 'France', '2,102,650')", "[]"),
     4: ("UPDATE Cities SET Population = '1,800,000' WHERE City LIKE 'MONTREAL'", "[]"),
-    5: ("UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\nfastest lap' WHERE Driver LIKE 'nino%'", "[]"),
+    5: (
+        "UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\nfastest lap' WHERE Driver LIKE 'nino%'",
+        "[]",
+    ),
     6: ("UPDATE 1952_British_Grand_Prix_0 SET Note = 'pole' WHERE Driver = 'Alberto Ascari'", "[]"),
     7: ("UPDATE Scores SET Team = 'X' WHERE Points >= 10", "[]"),
     8: ("UPDATE `Short rows` SET c = 'new' WHERE b = 'x'", "[]"),
@@ -122,7 +179,10 @@ NEAR_MISS = {
     2: ("SELECT 1", '["Toronto"]'),
     3: ("INSERT INTO Cities VALUES ('Paris', 'France', '2,102,651')", "[]"),
     4: ("UPDATE Cities SET Population = '1,800,000' WHERE City = 'Toronto'", "[]"),
-    5: ("UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\\\nfastest lap' WHERE Driver LIKE 'nino%'", "[]"),
+    5: (
+        "UPDATE 1952_British_Grand_Prix_0 SET Note = 'p2\\\\nfastest lap' WHERE Driver LIKE 'nino%'",
+        "[]",
+    ),
     6: ("UPDATE 1952_British_Grand_Prix_0 SET Note = 'Pole' WHERE Driver = 'Alberto Ascari'", "[]"),
     7: ("UPDATE Scores SET Team = 'X' WHERE Points = '16'", "[]"),
     8: ("UPDATE `Short rows` SET c = 'new' WHERE a IS NULL", "[]"),
@@ -131,7 +191,9 @@ NEAR_MISS = {
 
 
 def write_records(path: Path, records: list[dict] = RECORDS) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
     return path
 
 

@@ -95,9 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _repo(self, repo_id: str) -> FakeRepo | None:
         repo = self.hub.repos.get(repo_id)
         if repo is None:
-            self._send(
-                404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-            )
+            self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         return repo
 
     # ---- routes ---------------------------------------------------------------

@@ -115,9 +115,17 @@ def start_mariadb(*, max_connections: int | None = None) -> Iterator[MariaDBServ
         os.chown(root, entry.pw_uid, entry.pw_gid)
     try:
         subprocess.run(
-            [install_db, "--no-defaults", f"--datadir={datadir}", *user_flag,
-             "--skip-test-db", "--auth-root-authentication-method=socket"],
-            check=True, capture_output=True, timeout=120,
+            [
+                install_db,
+                "--no-defaults",
+                f"--datadir={datadir}",
+                *user_flag,
+                "--skip-test-db",
+                "--auth-root-authentication-method=socket",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         # The init file runs with full rights at start-up: it creates the TCP admin account.
         init = root / "init.sql"
@@ -129,12 +137,25 @@ def start_mariadb(*, max_connections: int | None = None) -> Iterator[MariaDBServ
         server = MariaDBServer("127.0.0.1", _free_port(), ADMIN_USER, ADMIN_PASSWORD, root, run_as)
         extra = [f"--max-connections={max_connections}"] if max_connections else []
         process = subprocess.Popen(
-            [server_binary, "--no-defaults", f"--datadir={datadir}", *user_flag,
-             "--bind-address=127.0.0.1", f"--port={server.port}",
-             f"--socket={root / 'mysqld.sock'}", f"--pid-file={root / 'mysqld.pid'}",
-             f"--log-error={log}", f"--init-file={init}", "--skip-name-resolve",
-             "--skip-log-bin", "--innodb-buffer-pool-size=32M", f"--sql-mode={SQL_MODE}", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                server_binary,
+                "--no-defaults",
+                f"--datadir={datadir}",
+                *user_flag,
+                "--bind-address=127.0.0.1",
+                f"--port={server.port}",
+                f"--socket={root / 'mysqld.sock'}",
+                f"--pid-file={root / 'mysqld.pid'}",
+                f"--log-error={log}",
+                f"--init-file={init}",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                f"--sql-mode={SQL_MODE}",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             _wait_until_up(server, process, log)

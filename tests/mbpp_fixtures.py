@@ -12,7 +12,11 @@ MBPP_PROBLEMS = [
         "text": "Write a function to add two numbers.",
         "code": "def add(a, b):\n    return a + b",
         "test_setup_code": "",
-        "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(20, 22) == 42"],
+        "test_list": [
+            "assert add(1, 2) == 3",
+            "assert add(-1, 1) == 0",
+            "assert add(20, 22) == 42",
+        ],
         "challenge_test_list": [],
     },
     {
@@ -36,7 +40,11 @@ MBPP_PROBLEMS = [
             "        if a % i == 0 and b % i == 0:\n            total += i\n    return total"
         ),
         "test_setup_code": "",
-        "test_list": ["assert sum(10, 15) == 6", "assert sum(100, 150) == 93", "assert sum(4, 6) == 3"],
+        "test_list": [
+            "assert sum(10, 15) == 6",
+            "assert sum(100, 150) == 93",
+            "assert sum(4, 6) == 3",
+        ],
         "challenge_test_list": [],
     },
     {
@@ -141,7 +149,7 @@ HUMANEVAL_PROBLEMS = [
         "prompt": (
             "def add_one(xs: list) -> list:\n"
             '    """Return the list with one added to every element.\n'
-            "    >>> add_one([1, 2])\n    [2, 3]\n    \"\"\"\n"
+            '    >>> add_one([1, 2])\n    [2, 3]\n    """\n'
         ),
         "canonical_solution": "    return [x + 1 for x in xs]\n",
         "entry_point": "add_one",

@@ -199,7 +199,8 @@ class Rendezvous(WeightProbeEvaluator):
         if not (folder / "met").exists():
             for _ in range(1200):  # at most two minutes
                 others = [  # another worker's evaluation that was running after ours began
-                    p for p in folder.glob("start-*")
+                    p
+                    for p in folder.glob("start-*")
                     if p.name.split("-")[1] != str(pid) and _ended_after(p, folder, start)
                 ]
                 if others:

@@ -102,15 +102,17 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 
 def package_of(module: str) -> str:
-    return module if (PACKAGE.parent / module.replace(".", "/")).is_dir() else module.rpartition(".")[0]
+    return (
+        module
+        if (PACKAGE.parent / module.replace(".", "/")).is_dir()
+        else module.rpartition(".")[0]
+    )
 
 
 def test_no_import_circle_between_modules():
     # A package's __init__ re-exporting its own submodules is not a circle between
     # modules: drop the edges from a submodule to its own package(s).
-    edges = {
-        m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph().items()
-    }
+    edges = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph().items()}
     assert find_cycle(edges) is None, f"import circle: {' -> '.join(find_cycle(edges))}"
 
 
@@ -166,7 +168,8 @@ def test_the_core_imports_no_evaluator_implementation():
 def test_evaluators_import_only_the_public_evaluator_api():
     offenders = {
         name: sorted(
-            i for i in _imported_names(path)
+            i
+            for i in _imported_names(path)
             if i.split(".")[0] == ROOT and i != PUBLIC_EVALUATOR_API
         )
         for name, path in evaluator_modules().items()
@@ -177,7 +180,9 @@ def test_evaluators_import_only_the_public_evaluator_api():
 
 def test_the_import_checks_see_a_planted_violation(tmp_path):
     planted = tmp_path / "bad.py"
-    planted.write_text("from mergekit_cycleqd.merge.genome import Genome\nimport cycleqd_evaluators.code\n")
+    planted.write_text(
+        "from mergekit_cycleqd.merge.genome import Genome\nimport cycleqd_evaluators.code\n"
+    )
     assert _imported_names(planted) == {"mergekit_cycleqd.merge.genome", "cycleqd_evaluators.code"}
 
 

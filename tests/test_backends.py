@@ -57,7 +57,9 @@ def test_load_backend_builds_a_model_backend(family):
 
 
 def test_load_backend_rejects_unknown_kind(family):
-    with pytest.raises(ValueError, match=r"unknown backend kind 'tgi'; known kinds: transformers, vllm"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend kind 'tgi'; known kinds: transformers, vllm"
+    ):
         load_backend("tgi", family[0])
 
 
@@ -183,7 +185,9 @@ def test_bad_thread_counts_are_named(bad):
     from mergekit_cycleqd.errors import RecipeError
     from mergekit_cycleqd.evaluate.backends.threads import choose_threads
 
-    with pytest.raises(RecipeError, match=r"backend.options.threads: .*\(got " + repr(bad).replace(".", r"\.")):
+    with pytest.raises(
+        RecipeError, match=r"backend.options.threads: .*\(got " + repr(bad).replace(".", r"\.")
+    ):
         choose_threads(bad)
 
 

@@ -74,17 +74,25 @@ def test_expert_with_other_shapes_is_caught_from_config_json(raw, tmp_path) -> N
     assert "the base model's is 32" in message
 
 
-def test_expert_with_other_tensor_shapes_is_caught_from_safetensors_headers(
-    raw, tmp_path
-) -> None:
+def test_expert_with_other_tensor_shapes_is_caught_from_safetensors_headers(raw, tmp_path) -> None:
     expert = Path(raw["experts"][1]["path"])
     odd = tmp_path / "odd"
     make_tiny_llama(odd, intermediate_size=40)
     config = json.loads((expert / "config.json").read_text())
     (odd / "config.json").write_text(json.dumps(config))  # the lie is only in the weights
-    message = _check(write_recipe(tmp_path / "r.yml", raw | {"experts": [
-        raw["experts"][0], {**raw["experts"][1], "path": str(odd)}, raw["experts"][2]
-    ]}))
+    message = _check(
+        write_recipe(
+            tmp_path / "r.yml",
+            raw
+            | {
+                "experts": [
+                    raw["experts"][0],
+                    {**raw["experts"][1], "path": str(odd)},
+                    raw["experts"][2],
+                ]
+            },
+        )
+    )
     assert f"r.yml: experts[1].path: {odd}: tensor model.layers.0.mlp.down_proj.weight" in message
     assert "has shape [32, 40], the base model's is [32, 48]" in message
 
@@ -133,7 +141,9 @@ def test_expert_typo_under_assets_is_caught(raw, tmp_path, monkeypatch) -> None:
     raw["experts"][1]["path"] = "${assets}/expert11"
     message = _check(write_recipe(tmp_path / "r.yml", raw))
     assert built == [str(assets)]
-    assert f"r.yml: experts[1].path: model folder does not exist (got '{assets}/expert11')" in message
+    assert (
+        f"r.yml: experts[1].path: model folder does not exist (got '{assets}/expert11')" in message
+    )
 
 
 def test_misspelt_key_gets_the_nearest_valid_one(raw, tmp_path) -> None:
@@ -141,7 +151,10 @@ def test_misspelt_key_gets_the_nearest_valid_one(raw, tmp_path) -> None:
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(tmp_path / "r.yml", raw))
     message = str(info.value)
-    assert "r.yml: serach: unknown field (got a mapping with keys generations, seed, mutation)" in message
+    assert (
+        "r.yml: serach: unknown field (got a mapping with keys generations, seed, mutation)"
+        in message
+    )
     assert "did you mean 'search'?" in message
     raw["search"] = raw.pop("serach")
     raw["search"]["mutation"]["rnak"] = 4
@@ -183,5 +196,7 @@ def test_lm_eval_task_whose_data_file_is_missing(raw, tmp_path) -> None:
     raw = _lm_eval_recipe(raw, tmp_path)
     (tmp_path / "tasks" / "sort.jsonl").unlink()
     message = _check(write_recipe(tmp_path / "r.yml", raw))
-    assert "r.yml: tasks[0].options/optimisation.task: task 'toy_sort_opt' reads data file" in message
+    assert (
+        "r.yml: tasks[0].options/optimisation.task: task 'toy_sort_opt' reads data file" in message
+    )
     assert f"'{tmp_path / 'tasks' / 'sort.jsonl'}', which does not exist" in message

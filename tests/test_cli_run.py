@@ -79,6 +79,9 @@ def test_the_console_script_is_main_then_a_quick_exit() -> None:
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mergekit-cycleqd"]
     assert script.load() is cli.entry
-    done = subprocess.run([sys.executable, "-m", "mergekit_cycleqd.cli", "check", "missing.yml"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mergekit_cycleqd.cli", "check", "missing.yml"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "missing.yml: recipe file not found" in done.stderr

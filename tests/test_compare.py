@@ -29,7 +29,9 @@ def _recipes(family, tmp_path):
 
 def _children(run_dir):
     with sqlite3.connect(run_dir / "ledger.sqlite") as db:
-        return db.execute("SELECT id, generation, role, weights FROM children ORDER BY id").fetchall()
+        return db.execute(
+            "SELECT id, generation, role, weights FROM children ORDER BY id"
+        ).fetchall()
 
 
 def _cell(values):
@@ -38,13 +40,21 @@ def _cell(values):
     return f"{mean:.1f} ± {error:.1f}"
 
 
-def test_compare_runs_every_recipe_and_seed_and_tabulates_them(tiny_family, tmp_path, capsys) -> None:
+def test_compare_runs_every_recipe_and_seed_and_tabulates_them(
+    tiny_family, tmp_path, capsys
+) -> None:
     first, second = _recipes(tiny_family, tmp_path)
     out = tmp_path / "cmp"
     # an unfinished run of one (recipe, seed) is resumed, not restarted
     partial = CycleQD(
-        parse_recipe(yaml.safe_dump({**yaml.safe_load(second.read_text()), "search": {
-            **yaml.safe_load(second.read_text())["search"], "seed": 1}})),
+        parse_recipe(
+            yaml.safe_dump(
+                {
+                    **yaml.safe_load(second.read_text()),
+                    "search": {**yaml.safe_load(second.read_text())["search"], "seed": 1},
+                }
+            )
+        ),
         out / "runs" / "probe-random" / "seed1",
     )
     partial.run(3)
@@ -61,7 +71,9 @@ def test_compare_runs_every_recipe_and_seed_and_tabulates_them(tiny_family, tmp_
 
     table = (out / "table.md").read_text()
     results = {
-        (name, seed): json.loads((out / "runs" / name / f"seed{seed}" / "final" / "results.json").read_text())
+        (name, seed): json.loads(
+            (out / "runs" / name / f"seed{seed}" / "final" / "results.json").read_text()
+        )
         for name in ("probe-cycleqd", "probe-random")
         for seed in (0, 1)
     }
@@ -71,14 +83,23 @@ def test_compare_runs_every_recipe_and_seed_and_tabulates_them(tiny_family, tmp_
         cells = [_cell([f["scores"][t] for f in finals]) for t in tasks]
         cells.append(_cell([np.mean([f["scores"][t] for t in tasks]) for f in finals]))
         best_expert = [
-            max(np.mean([r["scores"][t] for t in tasks]) for r in results[name, s]["rows"] if r["kind"] == "expert")
+            max(
+                np.mean([r["scores"][t] for t in tasks])
+                for r in results[name, s]["rows"]
+                if r["kind"] == "expert"
+            )
             for s in (0, 1)
         ]
-        beats = sum(np.mean([f["scores"][t] for t in tasks]) > b for f, b in zip(finals, best_expert))
+        beats = sum(
+            np.mean([f["scores"][t] for t in tasks]) > b for f, b in zip(finals, best_expert)
+        )
         assert f"| {name} | " + " | ".join(cells) + f" | {beats}/2 |" in table
     # reference rows: the experts and the fixed merge, from the first recipe's runs
     for reference in ("expert: t0", "task_arithmetic (mergekit)"):
-        rows = [next(r for r in results["probe-cycleqd", s]["rows"] if r["name"] == reference) for s in (0, 1)]
+        rows = [
+            next(r for r in results["probe-cycleqd", s]["rows"] if r["name"] == reference)
+            for s in (0, 1)
+        ]
         assert f"| *{reference}* | " + _cell([r["scores"]["t0"] for r in rows]) in table
     assert (out / "table.png").stat().st_size > 1000
 
@@ -92,5 +113,7 @@ def test_compare_runs_every_recipe_and_seed_and_tabulates_them(tiny_family, tmp_
 
 def test_two_recipes_with_one_name_are_refused(tiny_family, tmp_path, capsys) -> None:
     first, _ = _recipes(tiny_family, tmp_path)
-    assert main(["compare", str(first), str(first), "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["compare", str(first), str(first), "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
+    )
     assert "probe-cycleqd" in capsys.readouterr().err

@@ -144,7 +144,9 @@ def test_unknown_parameters_are_refused():
         UnknownParameterError,
         match=r"models\[0\].parameters.weigth: unknown parameter 'weigth' for merge method ties",
     ):
-        check_config({"merge_method": "ties", "models": [{"model": "e", "parameters": {"weigth": 1}}]})
+        check_config(
+            {"merge_method": "ties", "models": [{"model": "e", "parameters": {"weigth": 1}}]}
+        )
     check_config({"merge_method": "ties", "parameters": {"density": 0.5, "weight": 1.0}})
     with pytest.raises(InvalidParameterError, match=r"parameters.genome: cycleqd_genome needs"):
         check_config({"merge_method": "cycleqd_genome", "models": [{"model": "e"}]})
@@ -182,7 +184,13 @@ def test_breeder_rejects_bad_specs(tiny_family, tmp_path):
         UnknownParameterError,
         match="crossover parameter 'densty' is not a parameter of merge method 'ties'",
     ):
-        Breeder(base, experts, CrossoverSpec(method="ties", parameters={"densty": 0.5}), MutationSpec(), tmp_path)
+        Breeder(
+            base,
+            experts,
+            CrossoverSpec(method="ties", parameters={"densty": 0.5}),
+            MutationSpec(),
+            tmp_path,
+        )
     with pytest.raises(ValueError, match="mutation 'svdd' is not one of none, svd, svd_child"):
         MutationSpec(kind="svdd")
     breeder = _breeder(base, experts, tmp_path, rank=2)

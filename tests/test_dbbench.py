@@ -93,7 +93,9 @@ def test_unloadable_records_are_skipped_and_reported_not_the_file(fixture_path):
     assert [i for i, _ in evaluator.skipped] == sorted(SKIPPED)
     for index, reason in evaluator.skipped:
         assert SKIPPED[index] in reason
-    assert [t.index for t in evaluator.tasks] == [i for i in range(len(RECORDS)) if i not in SKIPPED]
+    assert [t.index for t in evaluator.tasks] == [
+        i for i in range(len(RECORDS)) if i not in SKIPPED
+    ]
     short = next(t for t in evaluator.tasks if t.table.name == "Short rows")
     assert short.table.rows == (("1", "x", None), (None, None, None), ("3", "y", "z"))
     assert short.padded_rows == 2
@@ -128,10 +130,16 @@ def test_opening_is_instruction_ok_then_description_and_add_description(fixture_
 
 
 @pytest.mark.parametrize(("protocol", "operations"), [("agentbench", 15), ("cycleqd", 5)])
-def test_round_limit_counts_operations_and_the_last_reply_is_not_run(fixture_path, protocol, operations):
+def test_round_limit_counts_operations_and_the_last_reply_is_not_run(
+    fixture_path, protocol, operations
+):
     evaluator = evaluator_for(fixture_path, protocol=protocol, indices=[3])  # an INSERT task
-    backend = ScriptedBackend(per_task([operation("SELECT 1")] * operations + [
-        operation("INSERT INTO Cities VALUES ('Paris', 'France', '2,102,650')")]))
+    backend = ScriptedBackend(
+        per_task(
+            [operation("SELECT 1")] * operations
+            + [operation("INSERT INTO Cities VALUES ('Paris', 'France', '2,102,650')")]
+        )
+    )
     result = evaluator.evaluate(backend)
     assert backend.calls == operations + 1
     sample = result.samples[0]
@@ -160,8 +168,17 @@ def test_observations_rows_empty_errors_and_truncation(fixture_path):
     assert seen[0] == "[('Lyon',)]"
     assert seen[1] == "[]"
     assert seen[2] == 'near "SELEC": syntax error'
-    assert seen[3] == str([("Montréal", "Canada", "1,762,949"), ("Toronto", "Canada", "2,794,356"),
-                           ("Lyon", "France", "513,275")])[:30] + "[TRUNCATED]"
+    assert (
+        seen[3]
+        == str(
+            [
+                ("Montréal", "Canada", "1,762,949"),
+                ("Toronto", "Canada", "2,794,356"),
+                ("Lyon", "France", "513,275"),
+            ]
+        )[:30]
+        + "[TRUNCATED]"
+    )
     assert seen[4] == "[(4,)]"  # lines joined, both statements run, the last one's rows shown
 
 
@@ -231,7 +248,9 @@ def _episode_observations(evaluator, attacks, final):
 
 def test_process_wide_pragmas_are_refused_and_later_tasks_still_work(fixture_path, tmp_path):
     probe = sqlite3.connect(":memory:")
-    before = [probe.execute(f"PRAGMA {p}").fetchone() for p in ("hard_heap_limit", "soft_heap_limit")]
+    before = [
+        probe.execute(f"PRAGMA {p}").fetchone() for p in ("hard_heap_limit", "soft_heap_limit")
+    ]
     attacks = [
         "PRAGMA hard_heap_limit = 100000",
         "PRAGMA soft_heap_limit = 100000",
@@ -240,8 +259,12 @@ def test_process_wide_pragmas_are_refused_and_later_tasks_still_work(fixture_pat
         "PRAGMA table_info(Cities)",
     ]
     try:
-        result, seen = _episode_observations(evaluator_for(fixture_path, indices=[0]), attacks, ["2"])
-        after = [probe.execute(f"PRAGMA {p}").fetchone() for p in ("hard_heap_limit", "soft_heap_limit")]
+        result, seen = _episode_observations(
+            evaluator_for(fixture_path, indices=[0]), attacks, ["2"]
+        )
+        after = [
+            probe.execute(f"PRAGMA {p}").fetchone() for p in ("hard_heap_limit", "soft_heap_limit")
+        ]
     finally:
         probe.execute("PRAGMA hard_heap_limit = 0")
         probe.execute("PRAGMA soft_heap_limit = 0")
@@ -278,8 +301,10 @@ def test_time_limit_ends_runaway_statements(fixture_path):
 
 
 def test_results_are_capped_in_bytes_while_fetching(fixture_path):
-    blobs = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 10) "
-             "SELECT zeroblob(9000000) FROM c")
+    blobs = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 10) "
+        "SELECT zeroblob(9000000) FROM c"
+    )
     evaluator = evaluator_for(fixture_path, indices=[0], max_result_bytes=100_000)
     tracemalloc.start()
     try:
@@ -293,10 +318,16 @@ def test_results_are_capped_in_bytes_while_fetching(fixture_path):
 
 
 def test_tables_the_model_builds_are_capped_in_size(fixture_path):
-    grow = ("CREATE {} TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-            "LIMIT 100) SELECT zeroblob(5000000) AS b FROM c")
-    attacks = [grow.format(""), grow.format("TEMPORARY"), "PRAGMA max_page_count = 1000000000",
-               "SELECT COUNT(*) FROM Cities"]
+    grow = (
+        "CREATE {} TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+        "LIMIT 100) SELECT zeroblob(5000000) AS b FROM c"
+    )
+    attacks = [
+        grow.format(""),
+        grow.format("TEMPORARY"),
+        "PRAGMA max_page_count = 1000000000",
+        "SELECT COUNT(*) FROM Cities",
+    ]
     result, seen = _episode_observations(evaluator_for(fixture_path, indices=[0]), attacks, ["2"])
     assert seen == ["database or disk is full"] * 2 + ["not authorized", "[(3,)]"]
     assert result.samples[0]["correct"] is True
@@ -336,7 +367,9 @@ def test_missing_password_env_is_named(fixture_path, monkeypatch):
     evaluator = evaluator_for(
         fixture_path, database={"kind": "mysql", "password_env": "CQD_NO_SUCH_PASSWORD"}
     )
-    with pytest.raises(ValueError, match=r"database.password_env: \$CQD_NO_SUCH_PASSWORD is not set"):
+    with pytest.raises(
+        ValueError, match=r"database.password_env: \$CQD_NO_SUCH_PASSWORD is not set"
+    ):
         evaluator.evaluate(ScriptedBackend(lambda prompt: ""))
 
 
@@ -352,7 +385,9 @@ def test_task_lookup_survives_identical_openings(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["agentbench", "cycleqd"])
 def test_gold_replay_of_the_public_dev_file_on_sqlite(shared_data, protocol):
-    evaluator = evaluator_for(shared_data / "agentbench" / "dbbench" / "dev.jsonl", protocol=protocol)
+    evaluator = evaluator_for(
+        shared_data / "agentbench" / "dbbench" / "dev.jsonl", protocol=protocol
+    )
     assert len(evaluator.tasks) == 60 and evaluator.skipped == []
     result = evaluator.evaluate(ScriptedBackend(gold_agent(evaluator)))
     assert [s["index"] for s in result.samples if not s["correct"]] == []
@@ -360,7 +395,12 @@ def test_gold_replay_of_the_public_dev_file_on_sqlite(shared_data, protocol):
 
 
 def test_record_builds_agentbench_format():
-    built = record(("T", ["a"], [["1"]]), "INSERT", ["INSERT INTO T VALUES ('2')"], "add 2",
-                   md5_rows=[["1"], ["2"]])
+    built = record(
+        ("T", ["a"], [["1"]]),
+        "INSERT",
+        ["INSERT INTO T VALUES ('2')"],
+        "add 2",
+        md5_rows=[["1"], ["2"]],
+    )
     assert built["table"]["table_info"]["columns"] == [{"name": "a", "type": "TEXT"}]
     assert built["answer_md5"] == f"[('{expected_md5([['1'], ['2']])}',)]"

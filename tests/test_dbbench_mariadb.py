@@ -31,8 +31,13 @@ mariadb_server = _mariadb_server_fixture  # a module attribute is how pytest fin
 
 
 def mysql_options(server) -> dict:
-    return {"kind": "mysql", "host": server.host, "port": server.port,
-            "user": server.user, "password": server.password}
+    return {
+        "kind": "mysql",
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password": server.password,
+    }
 
 
 @pytest.fixture
@@ -41,7 +46,9 @@ def fixture_path(tmp_path):
 
 
 def on_server(path, server, **options):
-    return build_evaluator("dbbench", {"path": str(path), "database": mysql_options(server), **options})
+    return build_evaluator(
+        "dbbench", {"path": str(path), "database": mysql_options(server), **options}
+    )
 
 
 def leftovers(server) -> tuple[list, list, list]:
@@ -49,11 +56,15 @@ def leftovers(server) -> tuple[list, list, list]:
     with server.connect() as connection, connection.cursor() as cursor:
         cursor.execute("SHOW DATABASES LIKE 'cqd\\_%'")
         databases = list(cursor.fetchall())
-        cursor.execute("SELECT user FROM mysql.user WHERE user LIKE 'cqd\\_%%' AND user <> %s",
-                       (server.user,))
+        cursor.execute(
+            "SELECT user FROM mysql.user WHERE user LIKE 'cqd\\_%%' AND user <> %s", (server.user,)
+        )
         users = list(cursor.fetchall())
-        cursor.execute("SELECT ID, INFO FROM information_schema.PROCESSLIST "
-                       "WHERE USER LIKE 'cqd\\_%%' AND USER <> %s", (server.user,))
+        cursor.execute(
+            "SELECT ID, INFO FROM information_schema.PROCESSLIST "
+            "WHERE USER LIKE 'cqd\\_%%' AND USER <> %s",
+            (server.user,),
+        )
         return databases, users, list(cursor.fetchall())
 
 
@@ -102,11 +113,17 @@ def test_cleanup_does_not_wait_for_a_runaway_query(fixture_path, mariadb_server)
     from cycleqd_evaluators.agentbench.db_backends import TableSpec
     from cycleqd_evaluators.agentbench.dbbench_mysql import MySQLBackend
 
-    backend = MySQLBackend(mariadb_server.host, mariadb_server.port, mariadb_server.user,
-                           mariadb_server.password, query_timeout_s=120)
+    backend = MySQLBackend(
+        mariadb_server.host,
+        mariadb_server.port,
+        mariadb_server.user,
+        mariadb_server.password,
+        query_timeout_s=120,
+    )
     database = backend.create(TableSpec("t", ("a",), (("1",),)))
     runner = threading.Thread(
-        target=database.execute, args=("SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(120) FROM t",),
+        target=database.execute,
+        args=("SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(120) FROM t",),
         daemon=True,
     )
     runner.start()
@@ -132,7 +149,9 @@ def test_data_directory_cannot_place_files(fixture_path, mariadb_server):
             f"CREATE TABLE x (a INT) DATA DIRECTORY='{target}'",
             f"SET SESSION sql_mode=''; CREATE TABLE y (a INT) ENGINE=MyISAM DATA DIRECTORY='{target}' "
             f"INDEX DIRECTORY='{target}'",
-            "SET @s = CONCAT('CREATE TABLE z (a INT) DATA DIRECTORY=', QUOTE(" + f"'{target}'" + "));"
+            "SET @s = CONCAT('CREATE TABLE z (a INT) DATA DIRECTORY=', QUOTE("
+            + f"'{target}'"
+            + "));"
             " PREPARE q FROM @s; EXECUTE q",
         ]
         result, seen = attack(evaluator, attacks, [])
@@ -162,7 +181,9 @@ def test_other_databases_and_accounts_are_out_of_reach(fixture_path, mariadb_ser
     ]
     result, seen = attack(on_server(fixture_path, mariadb_server, indices=[3]), attacks, [])
     assert result.score == 0.0
-    assert all(s.startswith(("1044 (42000)", "1142 (42000)", "1227 (42000)")) for s in seen[:5]), seen
+    assert all(s.startswith(("1044 (42000)", "1142 (42000)", "1227 (42000)")) for s in seen[:5]), (
+        seen
+    )
     assert seen[5] == "[(None,)]"
     assert "sentinel" not in seen[6]
     with mariadb_server.connect() as connection, connection.cursor() as cursor:
@@ -177,8 +198,10 @@ def test_other_databases_and_accounts_are_out_of_reach(fixture_path, mariadb_ser
 def test_results_are_capped_in_bytes_on_the_server_too(fixture_path, mariadb_server):
     import tracemalloc
 
-    big = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) "
-           "SELECT REPEAT('a', 9000000) FROM c")
+    big = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) "
+        "SELECT REPEAT('a', 9000000) FROM c"
+    )
     evaluator = on_server(fixture_path, mariadb_server, indices=[0], max_result_bytes=100_000)
     tracemalloc.start()
     try:
@@ -226,10 +249,18 @@ def test_strict_mode_rejects_text_compared_with_a_number(tmp_path, mariadb_serve
     """The known data problem: such a gold UPDATE fails on MySQL (error 1292), not on SQLite."""
     gold = "UPDATE `Points table` SET Team = 'X' WHERE Points = 16"
     points = ("Points table", ["Team", "Points"], [["A", "16"], ["B", "n/a"]])
-    path = write_records(tmp_path / "strict.jsonl", [
-        record(points, "UPDATE", [gold], "Rename the team with 16 points to X.",
-               md5_rows=[["X", "16"], ["B", "n/a"]]),
-    ])
+    path = write_records(
+        tmp_path / "strict.jsonl",
+        [
+            record(
+                points,
+                "UPDATE",
+                [gold],
+                "Rename the team with 16 points to X.",
+                md5_rows=[["X", "16"], ["B", "n/a"]],
+            ),
+        ],
+    )
     sqlite = build_evaluator("dbbench", {"path": str(path)})
     assert sqlite.evaluate(ScriptedBackend(gold_agent(sqlite))).score == pytest.approx(1 / 3)
     result, seen = attack(on_server(path, mariadb_server), [gold], [])
@@ -249,7 +280,8 @@ def test_gold_replay_of_the_standard_file_when_present(shared_data, mariadb_serv
     server = on_server(path, mariadb_server)
     on_mariadb = server.evaluate(ScriptedBackend(gold_agent(server)))
     wrong_in_data = {
-        s["index"] for s in on_mariadb.samples
+        s["index"]
+        for s in on_mariadb.samples
         if s["observations"] and s["observations"][0].startswith("1292 ")
     }
     assert {s["index"] for s in on_mariadb.samples if not s["correct"]} <= wrong_in_data

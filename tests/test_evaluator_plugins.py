@@ -92,7 +92,9 @@ def test_import_paths_and_refusals(plugin_site, monkeypatch):
         evaluator_class("cqd_share_plugin:NotAnEvaluator")
     with pytest.raises(ValueError, match="module 'cqd_share_plugin' has no attribute 'Nope'"):
         evaluator_class("cqd_share_plugin:Nope")
-    with pytest.raises(ValueError, match="cannot import module 'no_such_pkg.mod'.*No module named 'no_such_pkg'"):
+    with pytest.raises(
+        ValueError, match="cannot import module 'no_such_pkg.mod'.*No module named 'no_such_pkg'"
+    ):
         evaluator_class("no_such_pkg.mod:Thing")
     with pytest.raises(ValueError, match="unknown evaluator 'share_of_expret'; did you mean 'sha"):
         evaluator_class("share_of_expret")
@@ -112,7 +114,10 @@ def test_a_recipe_runs_with_a_third_party_evaluator(plugin_site, tiny_family, tm
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)])}
     done = subprocess.run(
         [sys.executable, "-m", "mergekit_cycleqd.cli", str(recipe), "--out", str(run)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     with Ledger(run / "ledger.sqlite") as ledger:
@@ -134,11 +139,18 @@ def test_the_projects_evaluators_come_from_their_own_distributions_entry_points(
     own = {k: v for k, v in _REGISTRY.items() if v.startswith("cycleqd_evaluators.")}
     assert own == {}, "the core registers no evaluator module of its own"
     declared = {
-        ep.name: ep for ep in entry_points(group="mergekit_cycleqd.evaluators")
+        ep.name: ep
+        for ep in entry_points(group="mergekit_cycleqd.evaluators")
         if ep.dist is not None and ep.dist.name == "mergekit-cycleqd-evaluators"
     }
     assert set(declared) == {
-        "lm_eval", "mbpp", "dbbench", "os_interaction", "agentbench_server", "weight_probe", "iou"
+        "lm_eval",
+        "mbpp",
+        "dbbench",
+        "os_interaction",
+        "agentbench_server",
+        "weight_probe",
+        "iou",
     }
     for kind, ep in declared.items():
         assert evaluator_class(kind) is ep.load()
@@ -149,7 +161,9 @@ def test_a_project_kind_without_the_evaluators_installed_gets_the_install_line(m
     import mergekit_cycleqd.evaluate.plugins as plugins
 
     monkeypatch.setattr(plugins, "entry_point_kinds", lambda: {})
-    with pytest.raises(ValueError, match=r"mergekit-cycleqd-evaluators.*pip install -e \./evaluators"):
+    with pytest.raises(
+        ValueError, match=r"mergekit-cycleqd-evaluators.*pip install -e \./evaluators"
+    ):
         evaluator_class("mbpp")
     with pytest.raises(ValueError, match="unknown evaluator 'mbpp_x'"):
         evaluator_class("mbpp_x")  # not one of the project's kinds: no install line

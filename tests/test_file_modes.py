@@ -15,7 +15,9 @@ from mergekit_cycleqd.merge.weights import save_tensors
 def test_saved_tensors_follow_the_umask(tmp_path, umask, expected) -> None:
     previous = os.umask(umask)
     try:
-        save_tensors({"w": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        save_tensors(
+            {"w": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"format": "pt"}
+        )
         (tmp_path / "config.json").write_text("{}")
     finally:
         os.umask(previous)

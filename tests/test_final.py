@@ -39,7 +39,8 @@ def _ledger(run_dir):
 
     with sqlite3.connect(run_dir / "ledger.sqlite") as db:
         rows = [
-            i for (i,) in db.execute(
+            i
+            for (i,) in db.execute(
                 "SELECT id FROM children WHERE role IN ('seed', 'child') AND status = 'ok' "
                 "ORDER BY id"
             )
@@ -67,7 +68,11 @@ def test_final_model_is_the_softmax_aggregation_of_the_best_elites(tiny_family, 
         "baselines": [],
         "materialize": True,
         "generalisation": [
-            {"name": "norm", "evaluator": "norm_probe", "options": {"base": str(base), "reference": str(experts[0])}}
+            {
+                "name": "norm",
+                "evaluator": "norm_probe",
+                "options": {"base": str(base), "reference": str(experts[0])},
+            }
         ],
     }
     for task in raw["tasks"]:
@@ -109,7 +114,9 @@ def test_final_model_is_the_softmax_aggregation_of_the_best_elites(tiny_family, 
     base_t = _tensors(base)
     expected = {n: t.clone() for n, t in base_t.items()}
     for best, beta in zip(bests, betas):
-        elite = _tensors(materialize_child(run.folder.root, best.child_id, tmp_path / f"e{best.child_id}"))
+        elite = _tensors(
+            materialize_child(run.folder.root, best.child_id, tmp_path / f"e{best.child_id}")
+        )
         for name in expected:
             expected[name] += beta * (elite[name] - base_t[name])
     aggregated = _tensors(run.folder.root / "final" / "aggregated")
@@ -131,7 +138,9 @@ def test_final_model_is_the_softmax_aggregation_of_the_best_elites(tiny_family, 
     assert any(test[i][t] != opt[i][t] for i in opt if i in test for t in run.tasks)
     # generalisation: each row's raw score divided by the base model's
     general = saved["generalisation"]
-    assert general["tasks"] == ["norm"] and general["rows"][0]["scores"]["norm"] == pytest.approx(1.0)
+    assert general["tasks"] == ["norm"] and general["rows"][0]["scores"]["norm"] == pytest.approx(
+        1.0
+    )
     for row in results.generalisation:
         record = run.ledger.child(row.child_id)
         base_raw = run.ledger.child(results.generalisation[0].child_id).test_scores["general:norm"]

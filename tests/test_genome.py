@@ -42,7 +42,9 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("rank", [4, None])
 def test_twenty_generations_genome_equals_weight_space(wide_family, tmp_path, rank):
     base, experts = wide_family
-    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path)
+    breeder = Breeder(
+        base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path
+    )
     assert breeder.stores_genomes
     base_sd = _load(base)
     genomes = [breeder.expert(k) for k in range(3)]
@@ -198,7 +200,10 @@ def test_svd_cache_key_follows_content_not_path(tiny_family, tmp_path):
     [
         (CrossoverSpec(), MutationSpec(kind="svd_child", rate=0.1)),
         (CrossoverSpec(), MutationSpec(kind="gaussian", gaussian_std=0.001)),
-        (CrossoverSpec(method="ties", parameters={"density": 0.5}), MutationSpec(kind="svd", rate=0.1, rank=2)),
+        (
+            CrossoverSpec(method="ties", parameters={"density": 0.5}),
+            MutationSpec(kind="svd", rate=0.1, rank=2),
+        ),
         (CrossoverSpec(method="dare_ties", parameters={"density": 0.5}), MutationSpec(kind="none")),
     ],
 )

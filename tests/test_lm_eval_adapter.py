@@ -100,7 +100,9 @@ def test_unknown_filter_is_reported_the_same_way(task_dir):
 
 
 def test_unknown_task_is_named(task_dir):
-    with pytest.raises(ValueError, match=r"task 'tiny_qb' is not defined in .*known tasks there: tiny_qa"):
+    with pytest.raises(
+        ValueError, match=r"task 'tiny_qb' is not defined in .*known tasks there: tiny_qa"
+    ):
         evaluator(task_dir, task="tiny_qb").evaluate(ScriptedBackend(GOLD))
 
 
@@ -160,7 +162,9 @@ def test_generation_kwargs_map_to_generation_config():
 def test_scripted_lm_refuses_loglikelihood_clearly():
     lm = ScriptedBackend(GOLD).lm_eval_model()
     assert isinstance(lm, ScriptedLM) and isinstance(lm, BackendLM)
-    with pytest.raises(NotImplementedError, match=r"'scripted' backend cannot answer loglikelihood"):
+    with pytest.raises(
+        NotImplementedError, match=r"'scripted' backend cannot answer loglikelihood"
+    ):
         lm.loglikelihood([])
     with pytest.raises(NotImplementedError, match="apply_chat_template: false"):
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
@@ -206,7 +210,9 @@ def hf_tasks(tmp_path_factory) -> Path:
                     ],
                 }
             ],
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": [
+                {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}
+            ],
         },
         {"test": rows},
     )
@@ -224,7 +230,11 @@ def hf_tasks(tmp_path_factory) -> Path:
                 {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
             ],
         },
-        {"test": [{"q": w, "choices": [w[::-1], w, "zz"], "label": i % 3} for i, w in enumerate(WORDS)]},
+        {
+            "test": [
+                {"q": w, "choices": [w[::-1], w, "zz"], "label": i % 3} for i, w in enumerate(WORDS)
+            ]
+        },
     )
     _write_task(
         folder,
@@ -237,7 +247,9 @@ def hf_tasks(tmp_path_factory) -> Path:
             "doc_to_text": "{{q}}=",
             "doc_to_target": "{{a}}",
             "generation_kwargs": {"until": ["\n"], "max_gen_toks": 6, "do_sample": False},
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": [
+                {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}
+            ],
         },
         {"train": rows, "test": [{"q": w, "a": w[::-1]} for w in ("ab", "cde", "fgh")]},
     )
@@ -297,7 +309,9 @@ def test_prepared_tasks_score_every_child_as_simple_evaluate_does(
         for child in (base, expert, base):  # back to the first child: nothing carried over
             backend.load_child(child)
             ours = scorer.evaluate(backend)
-            plain = scorer.task_result(_plain_simple_evaluate(backend.lm_eval_model(), hf_tasks, task))
+            plain = scorer.task_result(
+                _plain_simple_evaluate(backend.lm_eval_model(), hf_tasks, task)
+            )
             assert ours.metrics == plain.metrics
             assert ours.samples == plain.samples
             seen.append((ours.metrics, [s["response"] for s in ours.samples]))
@@ -327,7 +341,9 @@ def test_children_after_the_first_rebuild_nothing(hf_tasks, hf_backend):
             "build_all_requests",
             side_effect=AssertionError("requests rebuilt"),
         ),
-        mock.patch.object(lm_eval.utils.env, "from_string", wraps=lm_eval.utils.env.from_string) as compile_,
+        mock.patch.object(
+            lm_eval.utils.env, "from_string", wraps=lm_eval.utils.env.from_string
+        ) as compile_,
     ):
         again = scorer.evaluate(backend)
     assert compile_.call_count == 0

@@ -240,7 +240,9 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tiny_family
         while time.monotonic() < deadline:
             if (killed / "ledger.sqlite").exists():
                 try:
-                    with sqlite3.connect(f"file:{killed / 'ledger.sqlite'}?mode=ro", uri=True) as db:
+                    with sqlite3.connect(
+                        f"file:{killed / 'ledger.sqlite'}?mode=ro", uri=True
+                    ) as db:
                         n = db.execute(
                             "SELECT COUNT(*) FROM children WHERE role='child'"
                         ).fetchone()[0]

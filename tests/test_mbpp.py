@@ -203,7 +203,9 @@ def test_hostile_code_is_contained_and_fails(tmp_path):
     errors = dict(zip(HOSTILE, (s["error"] for s in result.samples), strict=True))
     assert errors["infinite loop"] == "timeout"
     assert errors["50 GB"] == "MemoryError"
-    assert errors["network"].startswith(("OSError", "ConnectionRefusedError"))  # no host behind loopback
+    assert errors["network"].startswith(
+        ("OSError", "ConnectionRefusedError")
+    )  # no host behind loopback
     assert errors["write outside"].startswith("FileNotFoundError")
     assert errors["delete outside"].startswith("FileNotFoundError")
     assert victim.read_text() == "keep me"

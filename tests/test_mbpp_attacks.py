@@ -27,8 +27,7 @@ ATTACKS = {
         "def add(a, b):\n    raise ValueError('wrong')\n"
     ),
     "replaced excepthook": (
-        "import os, sys\nsys.excepthook = lambda *args: os._exit(0)\n"
-        "def add(a, b):\n    return 0\n"
+        "import os, sys\nsys.excepthook = lambda *args: os._exit(0)\ndef add(a, b):\n    return 0\n"
     ),
     "object equal to everything": (
         "class Anything:\n    def __eq__(self, other):\n        return True\n"

@@ -17,9 +17,17 @@ from mergekit_cycleqd.merge.breeder import Breeder
 from mergekit_cycleqd.merge.specs import CrossoverSpec, MutationSpec
 
 SEGFORMER = dict(
-    num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
-    patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-    decoder_hidden_size=32, num_labels=2,
+    num_channels=3,
+    num_encoder_blocks=2,
+    depths=[1, 1],
+    sr_ratios=[2, 1],
+    hidden_sizes=[16, 32],
+    patch_sizes=[7, 3],
+    strides=[4, 2],
+    num_attention_heads=[1, 2],
+    mlp_ratios=[2, 2],
+    decoder_hidden_size=32,
+    num_labels=2,
 )
 
 
@@ -40,13 +48,17 @@ def segformer_family(tmp_path_factory) -> tuple[Path, list[Path]]:
     return root / "base", experts
 
 
-def test_a_segformer_child_swapped_in_place_equals_the_materialised_child(segformer_family, tmp_path):
+def test_a_segformer_child_swapped_in_place_equals_the_materialised_child(
+    segformer_family, tmp_path
+):
     base, experts = segformer_family
     breeder = Breeder(
         base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=2), tmp_path / "svd"
     )
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 0.5], 0, 7)
-    backend = TransformersBackend(base, device="cpu", model_class="SegformerForSemanticSegmentation")
+    backend = TransformersBackend(
+        base, device="cpu", model_class="SegformerForSemanticSegmentation"
+    )
     assert backend.tokenizer is None
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

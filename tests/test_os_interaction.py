@@ -34,14 +34,17 @@ pytestmark = pytest.mark.timeout(300)
 INTERVAL = "ps -eo args | grep -o 'time.sleep([0-9]*)' | head -n 1 | tr -dc 0-9"
 CHANGED_FILE = (
     "for p in $(pgrep -x python3); do tr '\\0' ' ' < /proc/$p/cmdline; done "
-    "| grep -o 'open(\"[^\"]*\"' | head -n 1 | sed 's/open(\"//; s/\"$//' | xargs basename"
+    '| grep -o \'open("[^"]*"\' | head -n 1 | sed \'s/open("//; s/"$//\' | xargs basename'
 )
 CALC = (
-    "printf '#!/bin/bash\\npython3 -c \"print(eval(\\\\\"$*\\\\\"))\"\\n' > /usr/local/bin/calc && "
+    'printf \'#!/bin/bash\\npython3 -c "print(eval(\\\\"$*\\\\"))"\\n\' > /usr/local/bin/calc && '
     "chmod +x /usr/local/bin/calc && calc '2 * (9 / 3)'"
 )
 MATCH_SOLUTIONS = {
-    0: INTERVAL, 4: INTERVAL, 1: CHANGED_FILE, 2: CHANGED_FILE,
+    0: INTERVAL,
+    4: INTERVAL,
+    1: CHANGED_FILE,
+    2: CHANGED_FILE,
     24: "su - jack -c 'chmod 777 test && ~/test'",
 }
 STOCK_LOG = """#!/bin/bash
@@ -83,7 +86,11 @@ def solution(index: int, task: dict) -> str:
 
 def description_of(conversation: list[dict]) -> str:
     """The task, as the protocol's opening states it (after the one-shot example)."""
-    return next(m["content"][len(NEW_PROBLEM):] for m in conversation if m["content"].startswith(NEW_PROBLEM))
+    return next(
+        m["content"][len(NEW_PROBLEM) :]
+        for m in conversation
+        if m["content"].startswith(NEW_PROBLEM)
+    )
 
 
 def gold_agent(tasks: list[dict], wrong: bool = False):
@@ -117,19 +124,28 @@ def evaluator(shared_data: Path, scripts: Path, **options):
         "os_interaction",
         {
             "data": str(shared_data / "agentbench/os_interaction/data/dev.json"),
-            "scripts_dir": str(scripts), "sandbox": "bwrap", "concurrency": 8,
-            "command_timeout_s": 20, **options,
+            "scripts_dir": str(scripts),
+            "sandbox": "bwrap",
+            "concurrency": 8,
+            "command_timeout_s": 20,
+            **options,
         },
     )
 
 
 @pytest.mark.slow
-def test_every_dev_task_solved_by_its_reference_scores_100(shared_data, stock_scripts, packaged_rootfs):
+def test_every_dev_task_solved_by_its_reference_scores_100(
+    shared_data, stock_scripts, packaged_rootfs
+):
     require_root_sandbox()
     tasks = dev_tasks(shared_data)
     assert len(tasks) == 26
     result = evaluator(shared_data, stock_scripts).evaluate(ScriptedBackend(gold_agent(tasks)))
-    failures = [(s["task"], s["status"], s["detail"], s["transcript"]) for s in result.samples if not s["correct"]]
+    failures = [
+        (s["task"], s["status"], s["detail"], s["transcript"])
+        for s in result.samples
+        if not s["correct"]
+    ]
     assert failures == []
     assert result.score == 1.0 and result.metrics["accuracy"] == 1.0
     assert len(result.samples) == 26
@@ -166,20 +182,44 @@ def test_option_errors_name_the_field(shared_data, tmp_path):
 # Each has a hand-written correct answer (known without running anything) and a near miss.
 
 FIXTURE_TASKS = [
-    {"description": "How many .txt files are in /root/docs?",
-     "create": {"local": "default", "init": {"code": "mkdir -p /root/docs && touch /root/docs/a.txt "
-                                                     "/root/docs/b.txt /root/docs/c.txt /root/docs/d.md"}},
-     "evaluation": {"match": "3"}, "labels": ["file"]},
-    {"description": "How many lines does /root/data.txt have?",
-     "create": {"local": "default", "init": "seq 1 37 > /root/data.txt"},
-     "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                    "example": "wc -l < /root/data.txt"}, "labels": ["file"]},
-    {"description": "Which user owns /root/secret?",
-     "create": {"local": "default", "init": {"code": "useradd alice && touch /root/secret && chown alice /root/secret"}},
-     "evaluation": {"check": [None, {"language": "python", "file": "check/string-match.py"}],
-                    "example": {"code": "stat -c %U /root/secret"}}, "labels": ["user"]},
-    {"description": "Create a user named bob with a home directory.",
-     "evaluation": {"check": {"code": "id bob && test -d /home/bob"}}, "labels": ["user"]},
+    {
+        "description": "How many .txt files are in /root/docs?",
+        "create": {
+            "local": "default",
+            "init": {
+                "code": "mkdir -p /root/docs && touch /root/docs/a.txt "
+                "/root/docs/b.txt /root/docs/c.txt /root/docs/d.md"
+            },
+        },
+        "evaluation": {"match": "3"},
+        "labels": ["file"],
+    },
+    {
+        "description": "How many lines does /root/data.txt have?",
+        "create": {"local": "default", "init": "seq 1 37 > /root/data.txt"},
+        "evaluation": {
+            "check": [None, {"language": "python", "file": "check/integer-match.py"}],
+            "example": "wc -l < /root/data.txt",
+        },
+        "labels": ["file"],
+    },
+    {
+        "description": "Which user owns /root/secret?",
+        "create": {
+            "local": "default",
+            "init": {"code": "useradd alice && touch /root/secret && chown alice /root/secret"},
+        },
+        "evaluation": {
+            "check": [None, {"language": "python", "file": "check/string-match.py"}],
+            "example": {"code": "stat -c %U /root/secret"},
+        },
+        "labels": ["user"],
+    },
+    {
+        "description": "Create a user named bob with a home directory.",
+        "evaluation": {"check": {"code": "id bob && test -d /home/bob"}},
+        "labels": ["user"],
+    },
 ]
 ANSWERS = [
     # (commands of round 1 or None, final action): correct, then near miss
@@ -198,11 +238,13 @@ def fixture_data(tmp_path: Path, tasks: list[dict]) -> Path:
 
 def scripted(plan: dict[str, tuple[str | None, str]]):
     """An agent that runs its commands (if any) in round 1, then takes its final action."""
+
     def respond(conversation: list[dict]) -> str:
         commands, final = plan[description_of(conversation)]
         if commands is not None and conversation[-1]["content"].startswith(NEW_PROBLEM):
             return f"Think: do it.\n\nAct: bash\n\n```bash\n{commands}\n```"
         return f"Think: done.\n\nAct: {final}"
+
     return respond
 
 
@@ -213,7 +255,10 @@ def packaged_rootfs() -> Path:
     os.environ.setdefault("CYCLEQD_ROOTFS_CACHE", "/var/tmp/cycleqd-test-rootfs")
     from cycleqd_evaluators.isolation.rootfs import PACKAGES, cache_root, rootfs_key
 
-    if not (cache_root() / f"{rootfs_key(PACKAGES, 'bookworm', 'http://deb.debian.org/debian')}.complete").exists():
+    if not (
+        cache_root()
+        / f"{rootfs_key(PACKAGES, 'bookworm', 'http://deb.debian.org/debian')}.complete"
+    ).exists():
         require_tool("mmdebstrap")
     from cycleqd_evaluators.isolation.rootfs import ensure_rootfs
 
@@ -221,9 +266,15 @@ def packaged_rootfs() -> Path:
 
 
 def fixture_evaluator(tmp_path: Path, tasks: list[dict], **options):
-    return build_evaluator("os_interaction", {
-        "data": str(fixture_data(tmp_path, tasks)), "sandbox": "bwrap", "command_timeout_s": 20, **options,
-    })
+    return build_evaluator(
+        "os_interaction",
+        {
+            "data": str(fixture_data(tmp_path, tasks)),
+            "sandbox": "bwrap",
+            "command_timeout_s": 20,
+            **options,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -231,7 +282,9 @@ def fixture_evaluator(tmp_path: Path, tasks: list[dict], **options):
 def test_fixture_tasks_score_hand_written_answers(tmp_path, packaged_rootfs, which):
     plan = {t["description"]: ANSWERS[i][which] for i, t in enumerate(FIXTURE_TASKS)}
     result = fixture_evaluator(tmp_path, FIXTURE_TASKS).evaluate(ScriptedBackend(scripted(plan)))
-    assert [s["correct"] for s in result.samples] == [which == 0] * len(FIXTURE_TASKS), result.samples
+    assert [s["correct"] for s in result.samples] == [which == 0] * len(FIXTURE_TASKS), (
+        result.samples
+    )
     assert result.score == (1.0 if which == 0 else 0.0)
 
 
@@ -259,29 +312,47 @@ def test_an_agent_that_plants_its_own_tools_cannot_pass(tmp_path, packaged_rootf
     # the judge saw the true values, not the planted ones
     assert "'37'" in result.samples[0]["detail"] and "'alice'" in result.samples[1]["detail"]
     # and a correct answer still passes when the agent has planted the same tools
-    honest = {d: (FORGERIES.replace("{fake}", fake) + SABOTAGE, f"answer({right})")
-              for (d, fake), right in zip(fakes.items(), ("37", "alice"), strict=True)}
+    honest = {
+        d: (FORGERIES.replace("{fake}", fake) + SABOTAGE, f"answer({right})")
+        for (d, fake), right in zip(fakes.items(), ("37", "alice"), strict=True)
+    }
     again = fixture_evaluator(tmp_path, tasks).evaluate(ScriptedBackend(scripted(honest)))
     assert [s["correct"] for s in again.samples] == [True, True], again.samples
 
 
 LATE_OUTPUT_TASK = {
     "description": "How many files are in /root/box?",
-    "create": {"local": "default", "init": {"code": (
-        "( while [ ! -e /tmp/go ]; do sleep 0.05; done; echo LATE; touch /tmp/done ) & "
-        "mkdir /root/box && touch /root/box/x /root/box/y")}},
-    "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                   "example": "ls /root/box | wc -l"},
+    "create": {
+        "local": "default",
+        "init": {
+            "code": (
+                "( while [ ! -e /tmp/go ]; do sleep 0.05; done; echo LATE; touch /tmp/done ) & "
+                "mkdir /root/box && touch /root/box/x /root/box/y"
+            )
+        },
+    },
+    "evaluation": {
+        "check": [None, {"language": "python", "file": "check/integer-match.py"}],
+        "example": "ls /root/box | wc -l",
+    },
 }
 COUNT_TASKS = [
-    {"description": "How many processes are running? Do not count the header of ps.",
-     "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                    # no pipeline: a pipeline's members are forked while ps reads /proc, so
-                    # what ps sees depends on scheduling (in AgentBench's container too)
-                    "example": "ps -A --no-headers > /tmp/ps.txt; wc -l < /tmp/ps.txt"}},
-    {"description": "How many bash processes are running?",
-     "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                    "example": "pgrep -c -x bash"}},
+    {
+        "description": "How many processes are running? Do not count the header of ps.",
+        "evaluation": {
+            "check": [None, {"language": "python", "file": "check/integer-match.py"}],
+            # no pipeline: a pipeline's members are forked while ps reads /proc, so
+            # what ps sees depends on scheduling (in AgentBench's container too)
+            "example": "ps -A --no-headers > /tmp/ps.txt; wc -l < /tmp/ps.txt",
+        },
+    },
+    {
+        "description": "How many bash processes are running?",
+        "evaluation": {
+            "check": [None, {"language": "python", "file": "check/integer-match.py"}],
+            "example": "pgrep -c -x bash",
+        },
+    },
 ]
 
 
@@ -290,7 +361,9 @@ def test_late_init_output_and_process_counts(tmp_path, packaged_rootfs):
     tasks = [LATE_OUTPUT_TASK, *COUNT_TASKS]
     commands = {
         # the init script's background job prints only after this command ran: no timing
-        tasks[0]["description"]: "touch /tmp/go; while [ ! -e /tmp/done ]; do sleep 0.05; done; ls /root/box | wc -l",
+        tasks[0][
+            "description"
+        ]: "touch /tmp/go; while [ ! -e /tmp/done ]; do sleep 0.05; done; ls /root/box | wc -l",
         tasks[1]["description"]: COUNT_TASKS[0]["evaluation"]["example"],
         tasks[2]["description"]: COUNT_TASKS[1]["evaluation"]["example"],
     }
@@ -310,8 +383,12 @@ def test_late_init_output_and_process_counts(tmp_path, packaged_rootfs):
 
 # --- AgentBench's protocol, one test per rule (see docs/evaluators-os.md) --------------------
 
+
 def test_the_last_act_line_is_the_action():
-    assert parse_action("Act: bash\n```bash\nls\n```\nThink: no.\nAct: answer(5)") == ("answer", "5")
+    assert parse_action("Act: bash\n```bash\nls\n```\nThink: no.\nAct: answer(5)") == (
+        "answer",
+        "5",
+    )
     assert parse_action("Act: answer(1)\nAct: finish") == ("finish", None)
     assert parse_action("Act: finish\nAct: bash\n```bash\nls -l\n```") == ("bash", "ls -l")
 
@@ -343,19 +420,45 @@ def test_long_output_is_cut_to_780_characters_and_a_note():
 
 def test_the_opening_is_instruction_one_shot_then_the_task():
     messages = opening("Count the users.")
-    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user", "assistant", "user"]
-    assert messages[0]["content"].startswith(INSTRUCTIONS) and "Now, my problem is:\n\n" in messages[0]["content"]
+    assert [m["role"] for m in messages] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert (
+        messages[0]["content"].startswith(INSTRUCTIONS)
+        and "Now, my problem is:\n\n" in messages[0]["content"]
+    )
     assert parse_action(messages[1]["content"])[0] == "bash" and TRUNCATED in messages[2]["content"]
     assert parse_action(messages[5]["content"]) == ("answer", "48")
     assert messages[-1]["content"] == NEW_PROBLEM + "Count the users."
 
 
-@pytest.mark.parametrize(("protocol", "rounds", "repeats"), [("agentbench", 8, 1), ("cycleqd", 5, 5)])
+@pytest.mark.parametrize(
+    ("protocol", "rounds", "repeats"), [("agentbench", 8, 1), ("cycleqd", 5, 5)]
+)
 def test_protocol_sets_round_limit_and_repeats(tmp_path, protocol, rounds, repeats):
-    ev = build_evaluator("os_interaction", {"data": str(fixture_data(tmp_path, FIXTURE_TASKS)), "protocol": protocol})
-    assert (ev.options.rounds, ev.options.runs, ev.options.command_timeout_s) == (rounds, repeats, 30.0)
-    explicit = build_evaluator("os_interaction", {
-        "data": str(fixture_data(tmp_path, FIXTURE_TASKS)), "protocol": protocol, "max_rounds": 2, "repeats": 3})
+    ev = build_evaluator(
+        "os_interaction", {"data": str(fixture_data(tmp_path, FIXTURE_TASKS)), "protocol": protocol}
+    )
+    assert (ev.options.rounds, ev.options.runs, ev.options.command_timeout_s) == (
+        rounds,
+        repeats,
+        30.0,
+    )
+    explicit = build_evaluator(
+        "os_interaction",
+        {
+            "data": str(fixture_data(tmp_path, FIXTURE_TASKS)),
+            "protocol": protocol,
+            "max_rounds": 2,
+            "repeats": 3,
+        },
+    )
     assert (explicit.options.rounds, explicit.options.runs) == (2, 3)
 
 

@@ -41,21 +41,37 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_bash_quote_round_trips_any_text():
     text = "a'b\"c\\d $HOME `x` \n\t\x01é ✓ %s !!"
-    out = subprocess.run(["bash", "-c", f"printf %s {bash_quote(text)}"], capture_output=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", f"printf %s {bash_quote(text)}"], capture_output=True, check=True
+    )
     assert out.stdout.decode() == text
 
 
 def test_bwrap_command_isolates():
     command = bwrap_command("bwrap", "/new/root")
     joined = " ".join(command)
-    for flag in ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-                 "--new-session", "--as-pid-1", "--clearenv"):
+    for flag in (
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--clearenv",
+    ):
         assert flag in command
     assert "--ro-bind-try /proc/sys /proc/sys" in joined
     assert command[command.index("--cap-drop") + 1] == "ALL"
     added = {command[i + 1] for i, a in enumerate(command) if a == "--cap-add"}
     assert added == set(CAPABILITIES)
-    assert not added & {"CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO"}
+    assert not added & {
+        "CAP_SYS_ADMIN",
+        "CAP_MKNOD",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_RAWIO",
+    }
     assert command[:4] == ["bwrap", "--bind", "/new/root", "/"]
 
 
@@ -66,12 +82,21 @@ def test_setup_script_overlays_the_base(tmp_path):
     (base / "proc").mkdir()
     (base / "bin").symlink_to("usr/bin")
     entries = root_entries(base)
-    assert ("bin", "symlink", "usr/bin") in entries and ("usr", "overlay", str(base / "usr")) in entries
+    assert ("bin", "symlink", "usr/bin") in entries and (
+        "usr",
+        "overlay",
+        str(base / "usr"),
+    ) in entries
     assert not any(name == "proc" for name, _, _ in entries)
-    script = setup_script(tmp_path / "w", base, SandboxLimits(disk_mb=77), ["/cg/procs"], ["bwrap", "x"])
+    script = setup_script(
+        tmp_path / "w", base, SandboxLimits(disk_mb=77), ["/cg/procs"], ["bwrap", "x"]
+    )
     assert "echo $$ > /cg/procs" in script
     assert f"mount -t tmpfs -o size=77m,mode=0755 cycleqd-sandbox {tmp_path}/w" in script
-    assert f"lowerdir={base}/usr,upperdir={tmp_path}/w/upper/usr,workdir={tmp_path}/w/work/usr" in script
+    assert (
+        f"lowerdir={base}/usr,upperdir={tmp_path}/w/upper/usr,workdir={tmp_path}/w/work/usr"
+        in script
+    )
     assert f"ln -s usr/bin {tmp_path}/w/root/bin" in script
     assert script.rstrip().endswith("exec bwrap x")
 
@@ -86,11 +111,27 @@ def test_docker_command_lines():
     run = docker_run_command("docker", "box", "local-os/default", SandboxLimits(512, 100, 64))
     joined = " ".join(run)
     assert run[:2] == ["docker", "run"] and "local-os/default" in run
-    for part in ("--network none", "--memory 512m", "--memory-swap 512m", "--pids-limit 100",
-                 "--name box", "--rm", "--security-opt no-new-privileges"):
+    for part in (
+        "--network none",
+        "--memory 512m",
+        "--memory-swap 512m",
+        "--pids-limit 100",
+        "--name box",
+        "--rm",
+        "--security-opt no-new-privileges",
+    ):
         assert part in joined
     assert docker_exec_command("docker", "box", ["bash"]) == [
-        "docker", "exec", "--interactive", "--user", "root", "--workdir", "/root", "box", "bash"]
+        "docker",
+        "exec",
+        "--interactive",
+        "--user",
+        "root",
+        "--workdir",
+        "/root",
+        "box",
+        "bash",
+    ]
 
 
 def test_docker_sandbox_live():
@@ -126,7 +167,11 @@ def test_bwrap_sandbox_contains_privileges(tmp_path):
         box.shell("cd /etc && X=7")
         assert box.shell("echo $X; pwd").output == "7\n/etc\n"
         flood = box.shell("yes | head -c 5000000")
-        assert flood.exit_code == 0 and len(flood.output) < 200_000 and "output dropped" in flood.output
+        assert (
+            flood.exit_code == 0
+            and len(flood.output) < 200_000
+            and "output dropped" in flood.output
+        )
     assert Path("/proc/sys/kernel/core_pattern").read_text() == before
     assert "bob" not in Path("/etc/passwd").read_text()
 
@@ -136,7 +181,7 @@ HOSTILE = {
     "fork bomb": ":(){ :|:& };:",
     "memory": "python3 -c 'b = bytearray(50 * 2**30)'; head -c 50G /dev/zero | tail | wc -c",
     "network": "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)\"; "
-               "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=3)\"",
+    "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=3)\"",
     "escape": "rm -f {sentinel}; echo pwned > {sentinel}.new; rm -rf /var/tmp; echo pwned > /etc/passwd",
     "rm -rf /": "rm -rf --no-preserve-root / 2>/dev/null; ls /",
 }
@@ -165,14 +210,23 @@ def test_hostile_agents_are_contained_and_fail(tmp_path, packaged_rootfs):
 
     threading.Thread(target=accept, daemon=True).start()
     tasks = [
-        {"description": f"Hostile {name} {token}: how many users are there?",
-         "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                        "example": "getent passwd | wc -l"}}
+        {
+            "description": f"Hostile {name} {token}: how many users are there?",
+            "evaluation": {
+                "check": [None, {"language": "python", "file": "check/integer-match.py"}],
+                "example": "getent passwd | wc -l",
+            },
+        }
         for name in HOSTILE
     ]
     data = tmp_path / "hostile.json"
     data.write_text(json.dumps(tasks))
-    commands = {t["description"]: HOSTILE[name].replace("{port}", str(port)).replace("{sentinel}", str(sentinel)) for t, name in zip(tasks, HOSTILE, strict=True)}
+    commands = {
+        t["description"]: HOSTILE[name]
+        .replace("{port}", str(port))
+        .replace("{sentinel}", str(sentinel))
+        for t, name in zip(tasks, HOSTILE, strict=True)
+    }
 
     def hostile(conversation):
         task = description_of(conversation)
@@ -181,10 +235,17 @@ def test_hostile_agents_are_contained_and_fail(tmp_path, packaged_rootfs):
         return "Act: answer(not a number)"
 
     passwd = Path("/etc/passwd").read_text()
-    ev = build_evaluator("os_interaction", {
-        "data": str(data), "sandbox": "bwrap", "command_timeout_s": 5, "max_rounds": 3,
-        "memory_mb": 256, "pids_limit": 128,
-    })
+    ev = build_evaluator(
+        "os_interaction",
+        {
+            "data": str(data),
+            "sandbox": "bwrap",
+            "command_timeout_s": 5,
+            "max_rounds": 3,
+            "memory_mb": 256,
+            "pids_limit": 128,
+        },
+    )
     try:
         result = ev.evaluate(ScriptedBackend(hostile))
     finally:
@@ -223,18 +284,24 @@ def test_the_packaged_root_holds_no_host_data(packaged_rootfs):
     from cycleqd_evaluators.isolation.bwrap import BwrapBackend
 
     token = secrets.token_hex(6)
-    probes = [Path(f"/var/tmp/cqd-probe-{token}"), Path(f"/opt/cqd-probe-{token}"),
-              Path(f"/var/lib/cqd-probe-{token}")]
+    probes = [
+        Path(f"/var/tmp/cqd-probe-{token}"),
+        Path(f"/opt/cqd-probe-{token}"),
+        Path(f"/var/lib/cqd-probe-{token}"),
+    ]
     for probe, mode in zip(probes, (0o644, 0o644, 0o600), strict=True):
         probe.write_text("host data")
         probe.chmod(mode)
     checkout = Path(__file__).resolve()
     try:
-        with BwrapBackend(packaged_rootfs, limits=SandboxLimits(memory_mb=256, pids=64)).launch() as box:
+        with BwrapBackend(
+            packaged_rootfs, limits=SandboxLimits(memory_mb=256, pids=64)
+        ).launch() as box:
             seen = box.shell(
                 "for p in " + " ".join(bash_quote(str(p)) for p in [*probes, checkout]) + "; do "
-                "test -e \"$p\" && echo \"visible $p\"; done; md5sum /etc/shadow /etc/passwd /etc/hostname 2>&1; "
-                "ls /opt /var/lib | wc -l").output
+                'test -e "$p" && echo "visible $p"; done; md5sum /etc/shadow /etc/passwd /etc/hostname 2>&1; '
+                "ls /opt /var/lib | wc -l"
+            ).output
     finally:
         for probe in probes:
             probe.unlink()

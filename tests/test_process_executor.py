@@ -33,8 +33,9 @@ def _workers_import_the_test_evaluators(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", REPO if not path else f"{REPO}{os.pathsep}{path}")
 
 
-def _recipe(family, *, generations: int, count: int = 2, evaluator: str | None = None,
-            **options) -> dict:
+def _recipe(
+    family, *, generations: int, count: int = 2, evaluator: str | None = None, **options
+) -> dict:
     raw = probe_recipe(*family, generations=generations)
     raw["workers"] = {"count": count}
     if evaluator is not None:
@@ -55,8 +56,18 @@ def _rows(run_dir: Path) -> list[tuple]:
     """Every filed model and score, without timings or paths."""
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         return [
-            (r.id, r.generation, r.role, r.name, r.active_task, r.parents, r.weights,
-             r.mutation_seed, r.status, sorted(r.scores.items()))
+            (
+                r.id,
+                r.generation,
+                r.role,
+                r.name,
+                r.active_task,
+                r.parents,
+                r.weights,
+                r.mutation_seed,
+                r.status,
+                sorted(r.scores.items()),
+            )
             for r in ledger.children(status=None)
         ]
 
@@ -94,11 +105,14 @@ def test_the_run_does_not_depend_on_which_worker_finishes_first(tiny_family, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(tiny_family, tmp_path, caplog) -> None:
+def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(
+    tiny_family, tmp_path, caplog
+) -> None:
     folder = tmp_path / "kills"
     folder.mkdir()
-    killed = _recipe(tiny_family, generations=10, evaluator="WorkerKiller", folder=str(folder),
-                     after=7, times=1)
+    killed = _recipe(
+        tiny_family, generations=10, evaluator="WorkerKiller", folder=str(folder), after=7, times=1
+    )
     summary = _run(killed, tmp_path / "killed")
     assert len(list(folder.glob("kill-*"))) == 1  # a worker really died
     assert summary.generations_done == 10 and summary.failed == 0
@@ -110,8 +124,9 @@ def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(tiny_family, tmp_p
 def test_a_child_that_kills_two_workers_is_filed_failed(tiny_family, tmp_path) -> None:
     folder = tmp_path / "kills"
     folder.mkdir()
-    raw = _recipe(tiny_family, generations=6, evaluator="PoisonChild", folder=str(folder),
-                  after=5)  # the 6th model scored (gen 3 or 4) kills every worker that scores it
+    raw = _recipe(
+        tiny_family, generations=6, evaluator="PoisonChild", folder=str(folder), after=5
+    )  # the 6th model scored (gen 3 or 4) kills every worker that scores it
     summary = _run(raw, tmp_path / "run")
     assert summary.generations_done == 6
     failed = [row for row in _rows(tmp_path / "run") if row[8] != "ok"]
@@ -137,8 +152,9 @@ def _filed(run_dir: Path) -> int:
 def _workers_gone(timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-f", "mergekit_cycleqd.search.process_worker"],
-                               capture_output=True)
+        found = subprocess.run(
+            ["pgrep", "-f", "mergekit_cycleqd.search.process_worker"], capture_output=True
+        )
         if found.returncode == 1:  # no such process
             return True
         time.sleep(0.1)
@@ -152,8 +168,11 @@ def test_sigkill_the_driver_then_resume_matches_uninterrupted(tiny_family, tmp_p
     subprocess.run(_driver(recipe, reference, False), check=True, capture_output=True)
     killed = tmp_path / "killed"
     for attempt, at in enumerate((5, 14)):
-        process = subprocess.Popen(_driver(recipe, killed, attempt > 0),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            _driver(recipe, killed, attempt > 0),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while _filed(killed) < at and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -175,15 +194,19 @@ def test_each_local_worker_owns_its_gpus(tiny_family, tmp_path, monkeypatch) -> 
     assert sorted(p.read_text() for p in folder.glob("gpus-*")) == ["3,5", "6,7"]
 
 
-def test_too_few_gpus_for_the_local_workers_is_a_clear_error(tiny_family, tmp_path,
-                                                             monkeypatch) -> None:
+def test_too_few_gpus_for_the_local_workers_is_a_clear_error(
+    tiny_family, tmp_path, monkeypatch
+) -> None:
     from mergekit_cycleqd.errors import RunError
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     raw = _recipe(tiny_family, generations=2)
     raw["workers"]["gpus_per_worker"] = 1
-    with pytest.raises(RunError, match=r"2 local workers with gpus_per_worker: 1 need 2 GPUs; "
-                                       r"this machine shows 1 \(0\)"):
+    with pytest.raises(
+        RunError,
+        match=r"2 local workers with gpus_per_worker: 1 need 2 GPUs; "
+        r"this machine shows 1 \(0\)",
+    ):
         _run(raw, tmp_path / "run")
 
 
@@ -194,8 +217,12 @@ def test_ctrl_c_files_the_children_in_flight_then_resume_matches(tiny_family, tm
     reference = tmp_path / "reference"
     subprocess.run(_driver(recipe, reference, False), check=True, capture_output=True)
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(_driver(recipe, stopped, False),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        _driver(recipe, stopped, False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while _filed(stopped) < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -214,7 +241,10 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(tiny_family, t
     from mergekit_cycleqd.errors import RunError
 
     raw = _recipe(tiny_family, generations=3, evaluator="CannotStart")
-    with pytest.raises(RunError, match=r"a local worker stopped .*its setup failed: "
-                                       r"RuntimeError: this evaluator cannot start"):
+    with pytest.raises(
+        RunError,
+        match=r"a local worker stopped .*its setup failed: "
+        r"RuntimeError: this evaluator cannot start",
+    ):
         _run(raw, tmp_path / "run")
     assert _workers_gone()

@@ -33,8 +33,9 @@ def _offer(archives: dict[str, Archive], child_id: int, scores: dict[str, float]
 
 
 def _result(generation: int, task: str) -> JobResult:
-    job = Job(generation=generation, role="child", name=f"g{generation}", model_stem="c",
-              active_task=task)
+    job = Job(
+        generation=generation, role="child", name=f"g{generation}", model_stem="c", active_task=task
+    )
     return JobResult(job=job, status="ok")
 
 

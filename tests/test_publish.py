@@ -95,8 +95,12 @@ def test_card_front_matter_and_body():
         (r["dataset"]["type"], r["dataset"]["split"]): r["metrics"][0]["value"]
         for r in index["results"]
     }
-    assert values == {("mbpp", "opt"): 0.5, ("db", "opt"): 0.25, ("mbpp", "test"): 0.4,
-                      ("db", "test"): 0.2}
+    assert values == {
+        ("mbpp", "opt"): 0.5,
+        ("db", "opt"): 0.25,
+        ("mbpp", "test"): 0.4,
+        ("db", "test"): 0.2,
+    }
     assert "| mbpp | 0.5000 | 0.4000 |" in text
     assert "child #12 of the run" in text and "generation 7" in text and "#3, #5" in text
     assert "![Archives" in text and "(archive.png)" in text
@@ -105,7 +109,10 @@ def test_card_front_matter_and_body():
 
 def test_dry_run_writes_folders_only(model_dirs, tmp_path, capsys, caplog):
     result = publish_models(
-        _items(model_dirs), "org/run", dry_run=True, staging_dir=tmp_path / "stage",
+        _items(model_dirs),
+        "org/run",
+        dry_run=True,
+        staging_dir=tmp_path / "stage",
         endpoint="http://127.0.0.1:9",  # never contacted
     )
     assert [(m.name, m.repo_id, m.status) for m in result.models] == [
@@ -114,8 +121,14 @@ def test_dry_run_writes_folders_only(model_dirs, tmp_path, capsys, caplog):
     ]
     folder = tmp_path / "stage" / "final"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["README.md", "archive.png", "config.json", "generation_config.json",
-                     "mergekit_config.yml", "model.safetensors"]
+    assert names == [
+        "README.md",
+        "archive.png",
+        "config.json",
+        "generation_config.json",
+        "mergekit_config.yml",
+        "model.safetensors",
+    ]
     assert (folder / "model.safetensors").read_bytes() == (
         model_dirs[0] / "model.safetensors"
     ).read_bytes()
@@ -130,16 +143,25 @@ def test_upload_checks_files_card_and_token(model_dirs, tmp_path, monkeypatch, c
     monkeypatch.setenv("HF_TOKEN", SECRET)
     with FakeHubServer(SECRET) as hub:
         result = publish_models(
-            _items(model_dirs[:1], names=("elite-12",)), "org/run",
-            endpoint=hub.url, staging_dir=tmp_path / "stage", private=True,
+            _items(model_dirs[:1], names=("elite-12",)),
+            "org/run",
+            endpoint=hub.url,
+            staging_dir=tmp_path / "stage",
+            private=True,
         )
         assert [(m.repo_id, m.status) for m in result.models] == [("org/run", "committed")]
         assert result.models[0].commit_url.startswith(f"{hub.url}/org/run/commit/")
         repo = hub.repos["org/run"]
         assert repo.private is True and len(repo.commits) == 1
-        assert sorted(repo.files) == [".gitattributes", "README.md", "archive.png", "config.json",
-                                      "generation_config.json", "mergekit_config.yml",
-                                      "model.safetensors"]
+        assert sorted(repo.files) == [
+            ".gitattributes",
+            "README.md",
+            "archive.png",
+            "config.json",
+            "generation_config.json",
+            "mergekit_config.yml",
+            "model.safetensors",
+        ]
         assert repo.files["model.safetensors"] == (model_dirs[0] / "model.safetensors").read_bytes()
         assert repo.files["mergekit_config.yml"].decode() == YAML
         readme = repo.files["README.md"].decode()
@@ -159,28 +181,33 @@ def test_retry_after_failed_commit_finishes_and_then_skips(model_dirs, tmp_path,
     with FakeHubServer(SECRET) as hub:
         hub.fail_next_commits = 1
         with pytest.raises(PublishError) as failure:
-            publish_models(items, "org/run", endpoint=hub.url, token=SECRET,
-                           staging_dir=tmp_path / "stage")
+            publish_models(
+                items, "org/run", endpoint=hub.url, token=SECRET, staging_dir=tmp_path / "stage"
+            )
         message = str(failure.value)
         assert "'final'" in message and "HTTP 500" in message and "Re-run" in message
         # nothing half-uploaded: the failed model's repo holds only what creation made
         assert sorted(hub.repos["org/run-final"].files) == [".gitattributes"]
         assert "org/run-elite-12" not in hub.repos
 
-        again = publish_models(items, "org/run", endpoint=hub.url, token=SECRET,
-                               staging_dir=tmp_path / "stage")
+        again = publish_models(
+            items, "org/run", endpoint=hub.url, token=SECRET, staging_dir=tmp_path / "stage"
+        )
         assert [m.status for m in again.models] == ["committed", "committed"]
         assert hub.commits_to("org/run-final") == 1 and hub.commits_to("org/run-elite-12") == 1
 
         before = len(hub.requests)
-        third = publish_models(items, "org/run", endpoint=hub.url, token=SECRET,
-                               staging_dir=tmp_path / "stage")
+        third = publish_models(
+            items, "org/run", endpoint=hub.url, token=SECRET, staging_dir=tmp_path / "stage"
+        )
         assert [m.status for m in third.models] == ["unchanged", "unchanged"]
         assert hub.commits_to("org/run-final") == 1
         # per model: create (exists already) + model info; no preupload, no commit
         assert hub.requests[before:] == [
-            ("POST", "/api/repos/create"), ("GET", "/api/models/org/run-final"),
-            ("POST", "/api/repos/create"), ("GET", "/api/models/org/run-elite-12"),
+            ("POST", "/api/repos/create"),
+            ("GET", "/api/models/org/run-final"),
+            ("POST", "/api/repos/create"),
+            ("GET", "/api/models/org/run-elite-12"),
         ]
     _assert_no_secret(capsys, caplog, message)
 
@@ -188,14 +215,16 @@ def test_retry_after_failed_commit_finishes_and_then_skips(model_dirs, tmp_path,
 def test_republish_replaces_our_content_and_deletes_stale_files(model_dirs, tmp_path):
     with FakeHubServer(SECRET) as hub:
         first = PublishItem("final", model_dirs[0], _card("final"))
-        publish_models([first], "org/run", endpoint=hub.url, token=SECRET,
-                       staging_dir=tmp_path / "a")
+        publish_models(
+            [first], "org/run", endpoint=hub.url, token=SECRET, staging_dir=tmp_path / "a"
+        )
         hub.repos["org/run"].files["old-shard.safetensors"] = b"stale"
         card = _card("final")
         card.archive_image = None
         second = PublishItem("final", model_dirs[1], card)
-        result = publish_models([second], "org/run", endpoint=hub.url, token=SECRET,
-                                staging_dir=tmp_path / "b")
+        result = publish_models(
+            [second], "org/run", endpoint=hub.url, token=SECRET, staging_dir=tmp_path / "b"
+        )
         assert result.models[0].status == "committed"
         files = hub.repos["org/run"].files
         assert "old-shard.safetensors" not in files and "archive.png" not in files
@@ -206,12 +235,20 @@ def test_republish_replaces_our_content_and_deletes_stale_files(model_dirs, tmp_
 def test_refuses_foreign_repository(model_dirs, tmp_path):
     with FakeHubServer(SECRET) as hub:
         hub.repos["org/run"] = FakeRepo(
-            files={".gitattributes": b"", "README.md": b"---\ntags: [other]\n---\nmine\n",
-                   "model.safetensors": b"x"}
+            files={
+                ".gitattributes": b"",
+                "README.md": b"---\ntags: [other]\n---\nmine\n",
+                "model.safetensors": b"x",
+            }
         )
         with pytest.raises(PublishError, match="somebody else's work"):
-            publish_models(_items(model_dirs[:1]), "org/run", endpoint=hub.url, token=SECRET,
-                           staging_dir=tmp_path / "stage")
+            publish_models(
+                _items(model_dirs[:1]),
+                "org/run",
+                endpoint=hub.url,
+                token=SECRET,
+                staging_dir=tmp_path / "stage",
+            )
         assert hub.repos["org/run"].commits == []
         assert hub.repos["org/run"].files["README.md"].endswith(b"mine\n")
 
@@ -219,15 +256,24 @@ def test_refuses_foreign_repository(model_dirs, tmp_path):
 def test_missing_token(model_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(PublishError, match="no Hugging Face token.*HF_TOKEN"):
-        publish_models(_items(model_dirs[:1]), "org/run", endpoint="http://127.0.0.1:9",
-                       staging_dir=tmp_path / "stage")
+        publish_models(
+            _items(model_dirs[:1]),
+            "org/run",
+            endpoint="http://127.0.0.1:9",
+            staging_dir=tmp_path / "stage",
+        )
 
 
 def test_rejected_token_message_has_no_secret(model_dirs, tmp_path, capsys, caplog):
     with FakeHubServer("hf_the_right_one") as hub:
         with pytest.raises(PublishError) as failure:
-            publish_models(_items(model_dirs[:1]), "org/run", endpoint=hub.url, token=SECRET,
-                           staging_dir=tmp_path / "stage")
+            publish_models(
+                _items(model_dirs[:1]),
+                "org/run",
+                endpoint=hub.url,
+                token=SECRET,
+                staging_dir=tmp_path / "stage",
+            )
     assert "rejected the token (401)" in str(failure.value)
     _assert_no_secret(capsys, caplog, str(failure.value), repr(failure.value))
 
@@ -237,8 +283,13 @@ def test_network_down(model_dirs, tmp_path, capsys, caplog):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(PublishError, match="cannot reach the Hub at http://127.0.0.1"):
-        publish_models(_items(model_dirs[:1]), "org/run", endpoint=f"http://127.0.0.1:{port}",
-                       token=SECRET, staging_dir=tmp_path / "stage")
+        publish_models(
+            _items(model_dirs[:1]),
+            "org/run",
+            endpoint=f"http://127.0.0.1:{port}",
+            token=SECRET,
+            staging_dir=tmp_path / "stage",
+        )
     _assert_no_secret(capsys, caplog)
 
 
@@ -260,11 +311,17 @@ def run_folder(tmp_path, model_dirs, monkeypatch):
     genome = run / "children" / "7.genome.safetensors"
     genome.parent.mkdir()
     genome.write_bytes(b"genome-bytes")
-    (run / "elites" / "7.yml").write_text(yaml.safe_dump({
-        "merge_method": "cycleqd_genome", "base_model": "/m/base",
-        "models": [{"model": "/m/code"}, {"model": "/m/db"}, {"model": "/m/os"}],
-        "parameters": {"genome": str(genome), "svd_cache": str(run / "cache")},
-    }, sort_keys=False))
+    (run / "elites" / "7.yml").write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "cycleqd_genome",
+                "base_model": "/m/base",
+                "models": [{"model": "/m/code"}, {"model": "/m/db"}, {"model": "/m/os"}],
+                "parameters": {"genome": str(genome), "svd_cache": str(run / "cache")},
+            },
+            sort_keys=False,
+        )
+    )
     calls = []
 
     def fake_materialize(run_dir, child_id, out_dir):
@@ -292,8 +349,12 @@ def test_publish_run_archive_top_k_dry_run(run_folder):
     # the db archive filled by hand from the ledger rows; its two best scores (random
     # floats: no ties), found by a heap rather than a sort
     with Ledger(run / "ledger.sqlite") as ledger:
-        seeds = {r.id for r in ledger.children(role="seed")}  # the experts: never published as merges
-    merges = [e for e in archives_by_hand(run / "ledger.sqlite")["db"].values() if e[1] not in seeds]
+        seeds = {
+            r.id for r in ledger.children(role="seed")
+        }  # the experts: never published as merges
+    merges = [
+        e for e in archives_by_hand(run / "ledger.sqlite")["db"].values() if e[1] not in seeds
+    ]
     ranked = [i for _, i in heapq.nlargest(2, merges)]
     with Ledger(run / "ledger.sqlite") as ledger:
         records = [ledger.child(i) for i in ranked]
@@ -303,8 +364,10 @@ def test_publish_run_archive_top_k_dry_run(run_folder):
     assert [m.repo_id for m in result.models] == [f"org/run-elite-{i}" for i in ranked]
     folder = run / "publish" / "repos" / f"elite-{ranked[0]}"
     meta = parse_front_matter((folder / "README.md").read_text())
-    values = {(r["dataset"]["type"], r["dataset"]["split"]): r["metrics"][0]["value"]
-              for r in meta["model-index"][0]["results"]}
+    values = {
+        (r["dataset"]["type"], r["dataset"]["split"]): r["metrics"][0]["value"]
+        for r in meta["model-index"][0]["results"]
+    }
     assert values == {(t, "opt"): round(records[0].scores[t], 6) for t in ("code", "db", "os")}
     assert meta["base_model"] == ["org/base", "org/code", "org/db", "org/os"]
     assert (folder / "archive.png").read_bytes().startswith(b"\x89PNG")
@@ -321,7 +384,8 @@ def test_publish_run_elite_ships_genome_and_hub_config(run_folder):
     assert (folder / "cycleqd" / "7.genome.safetensors").read_bytes() == b"genome-bytes"
     config = yaml.safe_load((folder / "mergekit_config.yml").read_text())
     assert config == {
-        "merge_method": "cycleqd_genome", "base_model": "org/base",
+        "merge_method": "cycleqd_genome",
+        "base_model": "org/base",
         "models": [{"model": "org/code"}, {"model": "org/db"}, {"model": "org/os"}],
         "parameters": {"genome": "cycleqd/7.genome.safetensors", "svd_cache": "svd_cache"},
     }
@@ -359,5 +423,8 @@ def test_publish_run_errors(run_folder, tmp_path):
         models = ledger.meta()["models"]
         models["experts"][1]["hub_id"] = None
         ledger.set_meta(models=models)
-    with pytest.raises(PublishError, match=r"expert 'db-expert' \(--expert-hub-id db-expert=ID\) of this run has no .*Hub id"):
+    with pytest.raises(
+        PublishError,
+        match=r"expert 'db-expert' \(--expert-hub-id db-expert=ID\) of this run has no .*Hub id",
+    ):
         publish_run(run, "org/run", {"elite": 7}, dry_run=True)

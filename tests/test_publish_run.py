@@ -59,27 +59,51 @@ def test_publish_real_final_model(probe_run, capsys) -> None:
     for name, tensor in expected.items():
         assert torch.equal(uploaded[name], tensor.to(uploaded[name].dtype)), name
     config = yaml.safe_load(files["mergekit_config.yml"])
-    assert [m["model"] for m in config["models"]] == ["org/expert-0", "org/expert-1", "org/expert-2"]
+    assert [m["model"] for m in config["models"]] == [
+        "org/expert-0",
+        "org/expert-1",
+        "org/expert-2",
+    ]
     out, err = capsys.readouterr()
     assert SECRET not in out + err
 
 
 def test_publish_cli_dry_run_top_k(probe_run, capsys) -> None:
-    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "t0", "--top", "2", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "publish",
+                str(probe_run),
+                "--repo-id",
+                "org/cqd",
+                "--archive",
+                "t0",
+                "--top",
+                "2",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     from tests.test_report import archives_by_hand
 
     # t0's archive filled by hand from the ledger rows; its two best merges by a heap, not a
     # sort (seeds are the experts themselves: skipped, never published as merges)
     with Ledger(probe_run / "ledger.sqlite") as ledger:
         seeds = {r.id for r in ledger.children(role="seed")}
-    elites = [e for e in archives_by_hand(probe_run / "ledger.sqlite")["t0"].values() if e[1] not in seeds]
+    elites = [
+        e for e in archives_by_hand(probe_run / "ledger.sqlite")["t0"].values() if e[1] not in seeds
+    ]
     top = [child_id for _, child_id in heapq.nlargest(2, elites)]
     repos = {p.name for p in (probe_run / "publish" / "repos").iterdir()}
     assert repos == {f"elite-{child_id}" for child_id in top}
     for repo in repos:
         assert (probe_run / "publish" / "repos" / repo / "README.md").exists()
         assert list((probe_run / "publish" / "repos" / repo).glob("*.safetensors"))
-    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "nope", "--dry-run"]) == 1
+    assert (
+        main(["publish", str(probe_run), "--repo-id", "org/cqd", "--archive", "nope", "--dry-run"])
+        == 1
+    )
     assert "nope" in capsys.readouterr().err
 
 
@@ -104,17 +128,37 @@ def test_a_run_without_hub_ids_is_published_with_ids_from_the_command_line(plain
     assert "--no-hub-ids" in err
     ids = ["--expert-hub-id", "t0=org/e0", "--expert-hub-id", "t1=org/e1"]
     ids += ["--expert-hub-id", "t2=org/e2", "--base-hub-id", "org/b"]
-    assert main(["publish", str(plain_run), "--repo-id", "org/x", "--final", "--dry-run", *ids]) == 0
+    assert (
+        main(["publish", str(plain_run), "--repo-id", "org/x", "--final", "--dry-run", *ids]) == 0
+    )
     card = parse_front_matter((plain_run / "publish" / "repos" / "final" / "README.md").read_text())
     assert card["base_model"] == ["org/b", "org/e0", "org/e1", "org/e2"]
-    assert main(["publish", str(plain_run), "--repo-id", "org/x", "--final", "--dry-run",
-                 "--expert-hub-id", "t7=org/e7", "--no-hub-ids"]) == 1
+    assert (
+        main(
+            [
+                "publish",
+                str(plain_run),
+                "--repo-id",
+                "org/x",
+                "--final",
+                "--dry-run",
+                "--expert-hub-id",
+                "t7=org/e7",
+                "--no-hub-ids",
+            ]
+        )
+        == 1
+    )
     assert "--expert-hub-id: no expert named 't7' in this run" in capsys.readouterr().err
 
 
 def test_no_hub_ids_writes_a_card_naming_the_models_locally(plain_run) -> None:
     result = publish_run(
-        plain_run, "org/x", {"final": True}, dry_run=True, allow_missing_hub_ids=True,
+        plain_run,
+        "org/x",
+        {"final": True},
+        dry_run=True,
+        allow_missing_hub_ids=True,
         expert_hub_ids={"t1": "org/e1"},
     )
     card = parse_front_matter((result.models[0].folder / "README.md").read_text())
@@ -152,7 +196,9 @@ def test_final_and_elite_get_their_own_default_repositories(plain_run) -> None:
 def test_hub_ids_added_to_the_recipe_resume_and_reach_the_card(tiny_family, tmp_path) -> None:
     raw = probe_recipe(*tiny_family, generations=2)
     run_dir = tmp_path / "run"
-    assert main([str(write_recipe(tmp_path / "r.yml", raw)), "--out", str(run_dir), "--no-final"]) == 0
+    assert (
+        main([str(write_recipe(tmp_path / "r.yml", raw)), "--out", str(run_dir), "--no-final"]) == 0
+    )
     raw["base_model"] = {"path": raw["base_model"], "hub_id": "org/base"}
     for k, expert in enumerate(raw["experts"]):
         expert["hub_id"] = f"org/e{k}"
@@ -168,7 +214,20 @@ def test_hub_ids_added_to_the_recipe_resume_and_reach_the_card(tiny_family, tmp_
 def test_publish_refuses_a_seed_and_a_repo_id_the_hub_rejects(probe_run, capsys) -> None:
     with Ledger(probe_run / "ledger.sqlite") as ledger:
         seed = ledger.children(role="seed")[0]
-    assert main(["publish", str(probe_run), "--repo-id", "org/cqd", "--elite", str(seed.id), "--dry-run"]) == 1
+    assert (
+        main(
+            [
+                "publish",
+                str(probe_run),
+                "--repo-id",
+                "org/cqd",
+                "--elite",
+                str(seed.id),
+                "--dry-run",
+            ]
+        )
+        == 1
+    )
     assert f"model {seed.id} is t0 itself (a seed, not a merge)" in capsys.readouterr().err
     for bad in ("org/a..b", "org/x--y"):
         staged = probe_run / "publish" / "models"

@@ -76,8 +76,7 @@ def test_two_ray_workers_evaluate_at_the_same_time(ray_cluster, tiny_family, tmp
         intervals.append((int(pid), int(start), int(end.read_text())))
     assert len(intervals) == 3 + 10
     overlapping = [
-        (a, b) for a in intervals for b in intervals
-        if a[0] != b[0] and a[1] < b[2] and b[1] < a[2]
+        (a, b) for a in intervals for b in intervals if a[0] != b[0] and a[1] < b[2] and b[1] < a[2]
     ]
     assert overlapping, "no two workers were ever evaluating at the same time"
     for record in records:  # parents were filed before the child was issued
@@ -93,7 +92,9 @@ def test_a_worker_killed_at_random_is_replaced_and_its_child_redone(
 ) -> None:
     folder = tmp_path / "kills"
     folder.mkdir()
-    raw = _ray_recipe(tiny_family, generations=12, count=2, evaluator="worker_killer", folder=folder)
+    raw = _ray_recipe(
+        tiny_family, generations=12, count=2, evaluator="worker_killer", folder=folder
+    )
     raw["tasks"][0]["options"].update(after=random.randint(4, 12), times=1)
     with caplog.at_level(logging.WARNING):
         summary, records, _ = _run(raw, tmp_path / "run")

@@ -156,7 +156,10 @@ def test_check_command(tiny_family, tmp_path, raw, capsys) -> None:
 def test_backend_option_typo_is_caught_before_loading(raw) -> None:
     raw["backend"] = {"kind": "transformers", "options": {"batchsize": 8}}
     message = _error(raw)
-    assert "my.yml: backend.options.batchsize: unknown option for the transformers backend (got 8)" in message
+    assert (
+        "my.yml: backend.options.batchsize: unknown option for the transformers backend (got 8)"
+        in message
+    )
     assert "batch_size" in message
     raw["backend"] = {"kind": "none", "options": {"x": 1}}
     assert "backend kind 'none' takes no options" in _error(raw)

@@ -29,44 +29,89 @@ def make_run(root, tasks=("code", "db", "os"), children=24, bins=4, with_final=T
     (root / "recipe.yml").write_text(RECIPE)
     with Ledger(root / "ledger.sqlite") as ledger:
         ledger.set_meta(
-            tasks=list(tasks), bins=bins, seed=1, recipe=RECIPE,
+            tasks=list(tasks),
+            bins=bins,
+            seed=1,
+            recipe=RECIPE,
             bc_ranges={t: [0.0, 0.8] for t in tasks},
             models={
                 "base": {"path": "/m/base", "hub_id": "org/base"},
-                "experts": [{"name": f"{t}-expert", "path": f"/m/{t}", "hub_id": f"org/{t}",
-                             "task": t} for t in tasks],
+                "experts": [
+                    {"name": f"{t}-expert", "path": f"/m/{t}", "hub_id": f"org/{t}", "task": t}
+                    for t in tasks
+                ],
             },
-            similarity={"models": [f"{t}-expert" for t in tasks],
-                        "matrix": [[1.0 if i == j else 0.9 for j in range(len(tasks))]
-                                   for i in range(len(tasks))]},
+            similarity={
+                "models": [f"{t}-expert" for t in tasks],
+                "matrix": [
+                    [1.0 if i == j else 0.9 for j in range(len(tasks))] for i in range(len(tasks))
+                ],
+            },
         )
         for k, task in enumerate(tasks):
             scores = {t: (0.6 if t == task else 0.1) for t in tasks}
-            ledger.add_child(generation=0, role="seed", status="ok", name=f"{task}-expert",
-                             scores=[ScoreRow(t, "opt", s) for t, s in scores.items()],
-                             merge_s=0.0, eval_s=2.0 + k, file_s=0.1)
+            ledger.add_child(
+                generation=0,
+                role="seed",
+                status="ok",
+                name=f"{task}-expert",
+                scores=[ScoreRow(t, "opt", s) for t, s in scores.items()],
+                merge_s=0.0,
+                eval_s=2.0 + k,
+                file_s=0.1,
+            )
         for g in range(1, children + 1):
             if g == 5:
                 ledger.add_child(generation=g, role="child", status="failed", error="NaN")
                 continue
             scores = {t: float(rng.uniform(0.05, 0.75)) for t in tasks}
-            ledger.add_child(generation=g, role="child", status="ok", parents=[1, 2],
-                             active_task=tasks[g % len(tasks)],
-                             scores=[ScoreRow(t, "opt", s) for t, s in scores.items()],
-                             merge_s=1.0, eval_s=3.0, file_s=0.5)
+            ledger.add_child(
+                generation=g,
+                role="child",
+                status="ok",
+                parents=[1, 2],
+                active_task=tasks[g % len(tasks)],
+                scores=[ScoreRow(t, "opt", s) for t, s in scores.items()],
+                merge_s=1.0,
+                eval_s=3.0,
+                file_s=0.5,
+            )
         if with_final:
-            ledger.add_child(generation=children, role="final", status="ok",
-                             name="cycleqd-final", parents=[4, 5],
-                             scores=[ScoreRow(t, "test", 0.5) for t in tasks])
+            ledger.add_child(
+                generation=children,
+                role="final",
+                status="ok",
+                name="cycleqd-final",
+                parents=[4, 5],
+                scores=[ScoreRow(t, "test", 0.5) for t in tasks],
+            )
     if with_final:
         (root / "final").mkdir()
-        rows = [{"name": "base", "kind": "base", "child_id": None,
-                 "scores": dict.fromkeys(tasks, 0.25), "mean": 0.25},
-                {"name": "cycleqd-final", "kind": "final", "child_id": 99,
-                 "scores": {t: 0.5 + 0.1 * i for i, t in enumerate(tasks)}, "mean": 0.6}]
-        results = {"split": "test", "tasks": list(tasks), "rows": rows,
-                   "generalisation": {"tasks": ["gsm8k"],
-                                      "rows": [{"name": "cycleqd-final", "scores": {"gsm8k": 1.05}}]}}
+        rows = [
+            {
+                "name": "base",
+                "kind": "base",
+                "child_id": None,
+                "scores": dict.fromkeys(tasks, 0.25),
+                "mean": 0.25,
+            },
+            {
+                "name": "cycleqd-final",
+                "kind": "final",
+                "child_id": 99,
+                "scores": {t: 0.5 + 0.1 * i for i, t in enumerate(tasks)},
+                "mean": 0.6,
+            },
+        ]
+        results = {
+            "split": "test",
+            "tasks": list(tasks),
+            "rows": rows,
+            "generalisation": {
+                "tasks": ["gsm8k"],
+                "rows": [{"name": "cycleqd-final", "scores": {"gsm8k": 1.05}}],
+            },
+        }
         (root / "final" / "results.json").write_text(json.dumps(results))
     return root
 
@@ -91,8 +136,9 @@ class _Rec:
 
 
 def test_timing_groups_one_bar_per_child_then_means():
-    labels, rows = timing_groups([_Rec(1, 1.0, 2.0, None), _Rec(2, 0.0, 4.0, 0.5),
-                                  _Rec(3, 9, 9, 9, role="final")])
+    labels, rows = timing_groups(
+        [_Rec(1, 1.0, 2.0, None), _Rec(2, 0.0, 4.0, 0.5), _Rec(3, 9, 9, 9, role="final")]
+    )
     assert labels == ["1", "2"]
     assert rows.tolist() == [[1.0, 2.0, 0.0], [0.0, 4.0, 0.5]]
     many = [_Rec(i, float(i), 1.0, 0.0) for i in range(1, 122)]  # 121 > 60 bars
@@ -181,15 +227,20 @@ def test_report_contents(tmp_path):
     assert "Models scored: 23 child, 1 final, 3 seed; failed: 1." in md
     assert "```yaml\n# test recipe\nsearch:\n  generations: 24\nbins: 4\n```" in md
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert images == ["archives.png", "archives.gif", "progress.png", "timing.png",
-                      "similarity.png"]
+    assert images == [
+        "archives.png",
+        "archives.gif",
+        "progress.png",
+        "timing.png",
+        "similarity.png",
+    ]
     for name in images:
         assert PILImage.open(run / "report" / name).size[0] > 100
     gif = PILImage.open(run / "report" / "archives.gif")
     assert gif.n_frames == math.ceil(26 / 4)  # 26 filed models, one frame every 4 (+ last)
     html = html_path.read_text()
     assert html.count('<img src="data:image/') == 5
-    assert "src=\"archives.png\"" not in html and "<script" not in html
+    assert 'src="archives.png"' not in html and "<script" not in html
     assert "# test recipe" in html
 
 
@@ -229,16 +280,33 @@ def test_report_renders_in_headless_chromium(tmp_path):
     html_path, _ = write_report(run, frame_every=6)
     probe = html_path.with_name("probe.html")
     probe.write_text(html_path.read_text().replace("</body>", _CHECK + "</body>"))
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=5000"]
-    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert '<div id="img-check">images 5/5</div>' in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2400", html_path.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1280,2400", html_path.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = np.asarray(PILImage.open(io.BytesIO(shot.read_bytes())).convert("RGB"))
     assert pixels.shape[:2] == (2400, 1280)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # rendered plots, not a blank page

@@ -53,7 +53,9 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_family, tmp_path) -> N
     _run(raw, tmp_path / "run")
     first = CycleQD(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run", resume=True)
     try:
-        with pytest.raises(RunFolderError, match=rf"another mergekit-cycleqd process \(PID {os.getpid()}\)"):
+        with pytest.raises(
+            RunFolderError, match=rf"another mergekit-cycleqd process \(PID {os.getpid()}\)"
+        ):
             CycleQD(parse_recipe(yaml.safe_dump(raw)), tmp_path / "run", resume=True)
         # readers work while the writer holds the folder
         assert main(["materialize", str(tmp_path / "run"), "1", str(tmp_path / "m")]) == 0
@@ -67,13 +69,17 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_family, tmp_path) -> N
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path) -> None:
     """The kernel drops the flock with the process, even under SIGKILL."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from mergekit_cycleqd.filing.runfolder import RunFolder
-            RunFolder({str(tmp_path / 'run')!r}).lock()
+            RunFolder({str(tmp_path / "run")!r}).lock()
             print('locked', flush=True)
             time.sleep(600)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
@@ -96,7 +102,9 @@ def test_an_empty_ledger_is_refused_not_restarted(tiny_family, tmp_path) -> None
     _run(raw, tmp_path / "run")
     ledger = tmp_path / "run" / "ledger.sqlite"
     ledger.write_bytes(b"")
-    with pytest.raises(LedgerError, match=rf"{ledger} is empty \(0 bytes\).*mergekit-cycleqd recover"):
+    with pytest.raises(
+        LedgerError, match=rf"{ledger} is empty \(0 bytes\).*mergekit-cycleqd recover"
+    ):
         _run(raw, tmp_path / "run", resume=True)
     assert ledger.stat().st_size == 0  # nothing was written over it
 
@@ -175,8 +183,12 @@ def test_failed_seeds_are_retried_on_resume(tiny_family, tmp_path, caplog) -> No
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         seeds = ledger.children(role="seed", status=None)
     assert [(s.name, s.status) for s in seeds] == [
-        ("seed:t0", "failed"), ("seed:t1", "failed"), ("seed:t2", "failed"),
-        ("seed:t0", "ok"), ("seed:t1", "ok"), ("seed:t2", "ok"),
+        ("seed:t0", "failed"),
+        ("seed:t1", "failed"),
+        ("seed:t2", "failed"),
+        ("seed:t0", "ok"),
+        ("seed:t1", "ok"),
+        ("seed:t2", "ok"),
     ]
 
 
@@ -209,9 +221,7 @@ def test_an_evaluator_calling_sys_exit_fails_only_its_child(tiny_family, tmp_pat
     assert summary.generations_done == 4 and summary.failed == 1
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         failed = ledger.children(role="child", status="failed")
-    assert [(r.generation, r.error) for r in failed] == [
-        (2, "the evaluator called sys.exit(3)")
-    ]
+    assert [(r.generation, r.error) for r in failed] == [(2, "the evaluator called sys.exit(3)")]
 
 
 def test_a_full_disk_stops_the_run_with_one_message(tiny_family, tmp_path, capsys) -> None:

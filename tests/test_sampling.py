@@ -89,7 +89,10 @@ def test_sparse_archive_borrows_from_other_archives() -> None:
     archives = empty_archives(["a", "b"], 2, {"a": (0, 1), "b": (0, 1)})
     archives["a"].offer(1, {"a": 0.9, "b": 0.1})
     archives["b"].offer(2, {"a": 0.1, "b": 0.95})
-    assert sorted(sample_parents(archives, "a", SamplingConfig(), np.random.default_rng(0))) == [1, 2]
+    assert sorted(sample_parents(archives, "a", SamplingConfig(), np.random.default_rng(0))) == [
+        1,
+        2,
+    ]
     empty = empty_archives(["a", "b"], 2, {"a": (0, 1), "b": (0, 1)})
     empty["a"].offer(1, {"a": 0.9, "b": 0.1})
     with pytest.raises(RuntimeError, match="two distinct parents"):

@@ -233,8 +233,18 @@ def test_host_files_are_not_visible(isolated, tmp_path):
     for probe in (checkout_probe, tmp_probe):
         probe.write_text("host secret")
         probe.chmod(0o644)
-    readable = [str(checkout_probe), str(tmp_probe), str(Path(__file__).resolve()), "/etc/passwd",
-                "/etc/shadow", str(Path.home() / ".cache"), "/var/lib", "/opt", "/home", "/run"]
+    readable = [
+        str(checkout_probe),
+        str(tmp_probe),
+        str(Path(__file__).resolve()),
+        "/etc/passwd",
+        "/etc/shadow",
+        str(Path.home() / ".cache"),
+        "/var/lib",
+        "/opt",
+        "/home",
+        "/run",
+    ]
     source = (
         "import os\n"
         f"for path in {readable!r}:\n"
@@ -250,8 +260,17 @@ def test_host_files_are_not_visible(isolated, tmp_path):
     assert result.ok, result.stderr
     lines = result.stdout.splitlines()
     assert lines[: len(readable)] == ["False"] * len(readable)
-    assert set(eval(lines[-2])) <= {"dev", "proc", "tmp", "usr", "lib", "lib64", "lib32", "libx32",  # noqa: S307
-                                    "root" if str(Path(sys.executable).resolve()).startswith("/root") else "usr"}
+    assert set(eval(lines[-2])) <= {
+        "dev",
+        "proc",
+        "tmp",
+        "usr",
+        "lib",
+        "lib64",
+        "lib32",
+        "libx32",  # noqa: S307
+        "root" if str(Path(sys.executable).resolve()).startswith("/root") else "usr",
+    }
     assert lines[-1] == "False"  # third-party packages are hidden too
     assert tmp_probe.read_text() == "host secret"
 

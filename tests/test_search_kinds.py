@@ -61,7 +61,9 @@ def test_the_registry_and_the_recipe_schema_name_the_same_kinds() -> None:
 def test_children_are_exact_combinations_of_the_experts(tiny_family, tmp_path, kind) -> None:
     _, children = _run(_raw(tiny_family, kind), tmp_path / "run")
     assert [c.generation for c in children] == list(range(1, 13))
-    run = CycleQD(parse_recipe(yaml.safe_dump(_raw(tiny_family, kind))), tmp_path / "run", resume=True)
+    run = CycleQD(
+        parse_recipe(yaml.safe_dump(_raw(tiny_family, kind))), tmp_path / "run", resume=True
+    )
     seeds = run.ledger.children(role="seed")
     for child in children:
         assert child.parents == [s.id for s in seeds]  # the K expert seeds, in task order
@@ -71,7 +73,9 @@ def test_children_are_exact_combinations_of_the_experts(tiny_family, tmp_path, k
         np.testing.assert_array_equal(genome.a.numpy(), np.array(child.weights))
         assert genome.d == {}
     # filed in the same archives: every archive elite is a ledger model
-    members = {e.child_id for a in archives_from_ledger(run.ledger).values() for e in a.elites.values()}
+    members = {
+        e.child_id for a in archives_from_ledger(run.ledger).values() for e in a.elites.values()
+    }
     assert members <= {c.id for c in children} | {s.id for s in seeds}
     run.close()
 
@@ -114,7 +118,9 @@ def test_the_optimiser_learns_from_the_scores(tiny_family, tmp_path, kind) -> No
 
 
 @pytest.mark.parametrize("kind", ["cma_es", "nsga2"])
-def test_replaying_children_it_did_not_propose_keeps_them_as_trials(tiny_family, tmp_path, kind) -> None:
+def test_replaying_children_it_did_not_propose_keeps_them_as_trials(
+    tiny_family, tmp_path, kind
+) -> None:
     _, children = _run(_raw(tiny_family, kind), tmp_path / "run")
     for child in children[3:6]:  # as if several workers had interleaved asks and tells
         child.weights = [a * 0.5 for a in child.weights]
@@ -182,7 +188,9 @@ def test_scaled_crossover_is_exact_in_genome_space(tiny_family, tmp_path) -> Non
     sums = []
     for child in children:
         genome = Genome.load(run.folder.root / child.model_path)
-        parents = [Genome.load(run.folder.root / run.ledger.child(p).model_path) for p in child.parents]
+        parents = [
+            Genome.load(run.folder.root / run.ledger.child(p).model_path) for p in child.parents
+        ]
         omega = np.array(child.weights)
         sums.append(float(genome.a.sum()))
         # a_child = s * sum_i omega_i a_i / sum omega (the mutation changes d only)

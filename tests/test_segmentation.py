@@ -91,10 +91,17 @@ def test_pairwise_study_reads_every_pair_from_its_own_run(tiny_family, tmp_path)
     rows = run_pairs(recipe, tmp_path / "pairs")
     assert [(r.task_a, r.task_b) for r in rows] == [("t0", "t1"), ("t0", "t2"), ("t1", "t2")]
     for row in rows:
-        results = json.loads((tmp_path / "pairs" / f"{row.task_a}-{row.task_b}" / "final" / "results.json").read_text())
+        results = json.loads(
+            (
+                tmp_path / "pairs" / f"{row.task_a}-{row.task_b}" / "final" / "results.json"
+            ).read_text()
+        )
         assert results["tasks"] == [row.task_a, row.task_b]
         final = [r for r in results["rows"] if r["kind"] == "final"][0]
-        assert (row.score_a, row.score_b) == (final["scores"][row.task_a], final["scores"][row.task_b])
+        assert (row.score_a, row.score_b) == (
+            final["scores"][row.task_a],
+            final["scores"][row.task_b],
+        )
         # weight_probe scores an expert 1.0 on its own task, so "kept" is the plain mean
         assert row.kept == pytest.approx((row.score_a + row.score_b) / 2)
         assert -1.0 <= row.similarity <= 1.0

@@ -57,7 +57,9 @@ def test_best_mean_delivers_the_best_mean_optimisation_score(tiny_family, tmp_pa
     assert [r["name"] for r in results["rows"] if r["kind"] == "aggregate"] == ["CycleQD aggregate"]
 
 
-def test_validated_delivers_the_best_validation_mean_of_the_candidates(tiny_family, tmp_path) -> None:
+def test_validated_delivers_the_best_validation_mean_of_the_candidates(
+    tiny_family, tmp_path
+) -> None:
     results, delivered = _finish(_raw(tiny_family, "validated"), tmp_path / "run")
     validation, _ = _split_scores(tmp_path / "run", "validation")
     opt, _ = _split_scores(tmp_path / "run", "opt")

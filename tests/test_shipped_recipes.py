@@ -30,8 +30,10 @@ DB_RECORD = {
 OS_TASK = [
     {
         "description": "How many files are in /etc/skel?",
-        "evaluation": {"check": [None, {"language": "python", "file": "check/integer-match.py"}],
-                       "example": {"code": "ls -A /etc/skel | wc -l"}},
+        "evaluation": {
+            "check": [None, {"language": "python", "file": "check/integer-match.py"}],
+            "example": {"code": "ls -A /etc/skel | wc -l"},
+        },
         "labels": ["file"],
     }
 ]
@@ -78,12 +80,19 @@ def test_agentbench_recipe_is_the_papers_setup(tmp_path) -> None:
     assert Path(coding["path"]).name == "MbppPlus.jsonl" and coding["tests"] == "base"
     general = {t.name: t for t in recipe.final.generalisation}
     assert list(general) == [
-        "humaneval_plus", "gsm8k", "reasoning", "reading_comprehension", "common_sense"
+        "humaneval_plus",
+        "gsm8k",
+        "reasoning",
+        "reading_comprehension",
+        "common_sense",
     ]
     assert general["humaneval_plus"].evaluator == "mbpp"
     assert general["humaneval_plus"].split_options("test")["tests"] == "plus"
     assert {general[n].split_options("test")["task"] for n in list(general)[1:]} == {
-        "gsm8k", "arc_challenge", "race", "hellaswag"
+        "gsm8k",
+        "arc_challenge",
+        "race",
+        "hellaswag",
     }
 
 

@@ -34,8 +34,15 @@ def test_table_recipes_differ_from_the_toy_only_in_name_and_search(path) -> None
 def test_the_table_recipes_cover_table_1_and_table_2() -> None:
     kinds = {load_recipe(p).search.kind for p in TABLE_RECIPES}
     assert kinds == {"cycleqd", "cma_es", "nsga2", "random"}
-    ablations = {(r.search.sampling.kind, r.search.mutation.kind) for r in map(load_recipe, TABLE_RECIPES)}
-    assert {("random", "none"), ("random", "gaussian"), ("random", "svd"), ("elite", "svd")} <= ablations
+    ablations = {
+        (r.search.sampling.kind, r.search.mutation.kind) for r in map(load_recipe, TABLE_RECIPES)
+    }
+    assert {
+        ("random", "none"),
+        ("random", "gaussian"),
+        ("random", "svd"),
+        ("elite", "svd"),
+    } <= ablations
 
 
 def test_relative_std_is_a_fraction_of_the_experts_task_vector_rms(tiny_family, tmp_path) -> None:
@@ -56,13 +63,17 @@ def test_relative_std_is_a_fraction_of_the_experts_task_vector_rms(tiny_family, 
     parents = [breeder.expert(0), breeder.expert(1)]
     child = breeder.weights(breeder.breed(parents, [1.0, 1.0], 0, 7))
     plain = breeder.weights(breeder.combine(parents, [0.5, 0.5]))
-    noise = torch.cat([
-        (child.tensor(n).double() - plain.tensor(n).double()).flatten()
-        for n in base_model.names
-        if base_model.tensor(n).is_floating_point()
-    ])
+    noise = torch.cat(
+        [
+            (child.tensor(n).double() - plain.tensor(n).double()).flatten()
+            for n in base_model.names
+            if base_model.tensor(n).is_floating_point()
+        ]
+    )
     assert float(noise.std()) == pytest.approx(0.05 * rms, rel=0.05)
-    absolute = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="gaussian"), cache_dir=tmp_path)
+    absolute = Breeder(
+        base, experts, CrossoverSpec(), MutationSpec(kind="gaussian"), cache_dir=tmp_path
+    )
     assert absolute.gaussian_std == 0.0003
     breeder.close()
     absolute.close()

@@ -28,13 +28,24 @@ class ToyController:
         with self.lock:
             sid = len(self.sessions) + 1
             prompt = f"Reply with twice {index}." if name == "double" else "Knock knock."
-            self.sessions[sid] = {"name": name, "index": index, "history": [{"role": "user", "content": prompt}]}
+            self.sessions[sid] = {
+                "name": name,
+                "index": index,
+                "history": [{"role": "user", "content": prompt}],
+            }
         return self.output(sid, "running", None)
 
     def output(self, sid: int, status: str, result) -> dict:
         s = self.sessions[sid]
-        return {"session_id": sid, "output": {"index": s["index"], "status": status, "result": result,
-                                              "history": list(s["history"])}}
+        return {
+            "session_id": sid,
+            "output": {
+                "index": s["index"],
+                "status": status,
+                "result": result,
+                "history": list(s["history"]),
+            },
+        }
 
     def interact(self, sid: int, content: str) -> dict:
         s = self.sessions[sid]
@@ -63,7 +74,9 @@ def serve(controller: ToyController):
                 if self.path == "/api/start_sample":
                     reply = controller.start(body["name"], body["index"])
                 elif self.path == "/api/interact":
-                    reply = controller.interact(body["session_id"], body["agent_response"]["content"])
+                    reply = controller.interact(
+                        body["session_id"], body["agent_response"]["content"]
+                    )
                 elif self.path == "/api/cancel":
                     reply = controller.output(body["session_id"], "cancelled", None)
                 else:
@@ -100,7 +113,9 @@ def doubler(prompt):
 
 def test_one_turn_task_scores_and_batches(controller):
     backend = ScriptedBackend(doubler)
-    ev = build_evaluator("agentbench_server", {"url": controller.url, "task": "double", "indices": [0, 1, 2, 3]})
+    ev = build_evaluator(
+        "agentbench_server", {"url": controller.url, "task": "double", "indices": [0, 1, 2, 3]}
+    )
     result = ev.evaluate(backend)
     assert result.score == 1.0
     assert [s["index"] for s in result.samples] == [0, 1, 2, 3]
@@ -109,17 +124,24 @@ def test_one_turn_task_scores_and_batches(controller):
 
 
 def test_wrong_replies_score_zero(controller):
-    ev = build_evaluator("agentbench_server", {"url": controller.url, "task": "double", "indices": [1, 2]})
+    ev = build_evaluator(
+        "agentbench_server", {"url": controller.url, "task": "double", "indices": [1, 2]}
+    )
     assert ev.evaluate(ScriptedBackend(lambda p: "5")).score == 0.0
 
 
 def test_multi_turn_task_follows_the_history(controller):
     replies = {"Knock knock.": "Who's there?", "Lettuce.": "Lettuce who?"}
-    ev = build_evaluator("agentbench_server", {"url": controller.url, "task": "knock", "indices": [0, 1], "repeats": 2})
+    ev = build_evaluator(
+        "agentbench_server",
+        {"url": controller.url, "task": "knock", "indices": [0, 1], "repeats": 2},
+    )
     result = ev.evaluate(ScriptedBackend(replies, default="?"))
     assert result.score == 1.0 and len(result.samples) == 4
     assert all(s["rounds"] == 2 and s["status"] == "completed" for s in result.samples)
-    bad = build_evaluator("agentbench_server", {"url": controller.url, "task": "knock", "indices": [0]})
+    bad = build_evaluator(
+        "agentbench_server", {"url": controller.url, "task": "knock", "indices": [0]}
+    )
     sample = bad.evaluate(ScriptedBackend(lambda p: "hello")).samples[0]
     assert (sample["status"], sample["correct"]) == ("agent invalid action", False)
 
@@ -135,10 +157,14 @@ def test_round_limit_cancels_the_session(controller):
 
 
 def test_server_errors_are_clear(controller):
-    ev = build_evaluator("agentbench_server", {"url": controller.url, "task": "nope", "indices": [0]})
+    ev = build_evaluator(
+        "agentbench_server", {"url": controller.url, "task": "nope", "indices": [0]}
+    )
     with pytest.raises(TaskServerError, match=r"/api/start_sample -> HTTP 400"):
         ev.evaluate(ScriptedBackend(lambda p: ""))
-    dead = build_evaluator("agentbench_server", {"url": "http://127.0.0.1:9", "task": "x", "indices": [0]})
+    dead = build_evaluator(
+        "agentbench_server", {"url": "http://127.0.0.1:9", "task": "x", "indices": [0]}
+    )
     with pytest.raises(TaskServerError, match="127.0.0.1:9/api/start_sample failed"):
         dead.evaluate(ScriptedBackend(lambda p: ""))
 

@@ -16,8 +16,15 @@ from mergekit_cycleqd.toy.scoring import reference_models, score_table
 # A few steps only: enough to exercise every stage of the build. Most tests train the experts
 # in this process (processes=0): starting worker processes costs more than these tiny builds.
 TINY = ToyConfig(
-    hidden_size=64, intermediate_size=64, base_steps=12, expert_steps=6, n_opt=4, n_val=4,
-    n_test=6, batch_size=16, base_target=None,
+    hidden_size=64,
+    intermediate_size=64,
+    base_steps=12,
+    expert_steps=6,
+    n_opt=4,
+    n_val=4,
+    n_test=6,
+    batch_size=16,
+    base_target=None,
 )
 # The default family (about 70 s of CPU on one core), scored on its validation split.
 DEFAULT = ToyConfig()
@@ -39,8 +46,9 @@ def test_same_seed_gives_bit_identical_models_and_data(tmp_path):
     for path in sorted(first.task_dir.glob("*.jsonl")):
         assert path.read_bytes() == (second.task_dir / path.name).read_bytes()
     other = build_toy_assets(tmp_path / "c", seed=4, config=TINY, processes=0)
-    base_a, base_c = load_file(str(first.base / "model.safetensors")), load_file(
-        str(other.base / "model.safetensors")
+    base_a, base_c = (
+        load_file(str(first.base / "model.safetensors")),
+        load_file(str(other.base / "model.safetensors")),
     )
     assert not all(base_a[k].equal(base_c[k]) for k in base_a)  # the seed matters
 
@@ -68,7 +76,9 @@ def test_assets_layout_and_tasks(tmp_path):
         for r in rows
     )
     words = {
-        split: {json.loads(line)["word"] for line in (assets.task_dir / f"shift_{split}.jsonl").open()}
+        split: {
+            json.loads(line)["word"] for line in (assets.task_dir / f"shift_{split}.jsonl").open()
+        }
         for split in ("opt", "val", "test")
     }
     assert len(words["opt"]) == TINY.n_opt and len(words["val"]) == TINY.n_val
@@ -117,9 +127,13 @@ def test_cached_build_is_reused_and_rebuilt_only_when_needed(tmp_path):
 def test_moved_folder_keeps_working(tmp_path):
     build_toy_assets(tmp_path / "old", config=TINY, processes=0)
     (tmp_path / "old").rename(tmp_path / "new")
-    moved = build_toy_assets(tmp_path / "new", config=TINY, processes=0)  # no rebuild, paths rewritten
+    moved = build_toy_assets(
+        tmp_path / "new", config=TINY, processes=0
+    )  # no rebuild, paths rewritten
     config = yaml.safe_load((moved.task_dir / "toy_rot13_test.yaml").read_text())
-    assert config["dataset_kwargs"]["data_files"]["test"] == str(moved.task_dir / "rot13_test.jsonl")
+    assert config["dataset_kwargs"]["data_files"]["test"] == str(
+        moved.task_dir / "rot13_test.jsonl"
+    )
 
 
 def test_bad_config_is_named():
@@ -158,6 +172,9 @@ def test_a_failing_expert_worker_names_its_skills_and_its_error(tmp_path):
     from mergekit_cycleqd.toy.experts import ExpertWorkers
 
     with ExpertWorkers(tmp_path, 0, TINY, processes=1) as workers:  # no base saved there
-        with pytest.raises(RuntimeError, match=r"(?s)worker for shift, atbash, rot13 failed.*"
-                                               r"model\.safetensors"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"(?s)worker for shift, atbash, rot13 failed.*"
+            r"model\.safetensors",
+        ):
             workers.train(lambda skill: None)

@@ -53,8 +53,9 @@ def test_toy_search_on_vllm_scores_like_transformers(tmp_path):
         {"kind": "transformers", "options": {"device": "cpu", "batch_size": 64}},
     ]:
         run_dir = tmp_path / f"run-{backend['kind']}"
-        recipe = toy_recipe_on(assets, backend, generations=GENERATIONS,
-                               path=tmp_path / f"toy-{backend['kind']}.yml")
+        recipe = toy_recipe_on(
+            assets, backend, generations=GENERATIONS, path=tmp_path / f"toy-{backend['kind']}.yml"
+        )
         assert main([str(recipe), "--out", str(run_dir)]) == 0
         runs[backend["kind"]] = _rows(run_dir)
 

@@ -99,7 +99,11 @@ def test_cycleqd_yaml_equals_merge_state_dicts(tiny_family, tmp_path, mutation):
 def test_genome_yaml_reproduces_weights_bit_for_bit(tiny_family, tmp_path, rank):
     base, experts = tiny_family
     breeder = Breeder(
-        base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path / "c"
+        base,
+        experts,
+        CrossoverSpec(),
+        MutationSpec(kind="svd", rate=0.1, rank=rank),
+        tmp_path / "c",
     )
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 0, 3)
     child = breeder.breed([child, breeder.expert(2)], [0.98, 1.0], 2, 4)
@@ -127,7 +131,9 @@ def _gaussian_child_by_hand(base: Path, experts: list[Path], weights, seed: int,
         acc = sum(((p[name] - tensor) * w for p, w in zip(parents, weights)), torch.zeros(()))
         merged = tensor + acc / sum(weights)
         digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        generator = torch.Generator().manual_seed(
+            int.from_bytes(digest[:8], "little") & (2**63 - 1)
+        )
         expected[name] = merged + torch.randn(tensor.shape, generator=generator) * std
     return expected
 
@@ -135,7 +141,11 @@ def _gaussian_child_by_hand(base: Path, experts: list[Path], weights, seed: int,
 def test_weights_child_yaml_reproduces_weights(tiny_family, tmp_path):
     base, experts = tiny_family
     breeder = Breeder(
-        base, experts, CrossoverSpec(), MutationSpec(kind="gaussian", gaussian_std=0.01), tmp_path / "c"
+        base,
+        experts,
+        CrossoverSpec(),
+        MutationSpec(kind="gaussian", gaussian_std=0.01),
+        tmp_path / "c",
     )
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 0, 3)
     folder = breeder.save(child, tmp_path / "elite")
@@ -163,7 +173,13 @@ def test_genome_yaml_rejects_experts_in_the_wrong_order(tiny_family, tmp_path):
 def test_genome_yaml_rebuilds_a_missing_svd_cache(tiny_family, tmp_path, rank):
     """A genome shipped without its SVD cache (e.g. from the Hub) still rebuilds exactly."""
     base, experts = tiny_family
-    breeder = Breeder(base, experts, CrossoverSpec(), MutationSpec(kind="svd", rate=0.1, rank=rank), tmp_path / "c")
+    breeder = Breeder(
+        base,
+        experts,
+        CrossoverSpec(),
+        MutationSpec(kind="svd", rate=0.1, rank=rank),
+        tmp_path / "c",
+    )
     child = breeder.breed([breeder.expert(0), breeder.expert(1)], [1.0, 1.02], 1, 7)
     path = breeder.save(child, tmp_path / "elite")
     expected = state_dict(breeder.weights(child))
@@ -179,17 +195,25 @@ def test_genome_yaml_rebuilds_a_missing_svd_cache(tiny_family, tmp_path, rank):
     "method, where, key",
     [("task_arithmetic", "parameters", "densty"), ("ties", "models[0].parameters", "weigth")],
 )
-def test_builtin_method_typos_are_refused_with_file_field_and_value(tiny_family, tmp_path, method, where, key):
+def test_builtin_method_typos_are_refused_with_file_field_and_value(
+    tiny_family, tmp_path, method, where, key
+):
     base, experts = tiny_family
     model = {"model": str(experts[0]), "parameters": {"weight": 1.0}}
-    config = {"merge_method": method, "base_model": str(base), "models": [model], "dtype": "float32"}
+    config = {
+        "merge_method": method,
+        "base_model": str(base),
+        "models": [model],
+        "dtype": "float32",
+    }
     if where == "parameters":
         config["parameters"] = {key: 0.5}
     else:
         model["parameters"] = {key: 1.0}
     result = _run(main, config, tmp_path / "out", tmp_path)
     assert result.exit_code != 0
-    assert f"{tmp_path / 'out.yml'}: {where}.{key}: unknown parameter {key!r} for merge method {method}" in (
-        result.output
+    assert (
+        f"{tmp_path / 'out.yml'}: {where}.{key}: unknown parameter {key!r} for merge method {method}"
+        in (result.output)
     )
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -53,7 +53,9 @@ def make_expert(base: Path, path: Path, seed: int, scale: float = 0.05, rank: in
     return Path(path)
 
 
-def make_family(root: Path, n_experts: int = 3, seed: int = 0, **overrides) -> tuple[Path, list[Path]]:
+def make_family(
+    root: Path, n_experts: int = 3, seed: int = 0, **overrides
+) -> tuple[Path, list[Path]]:
     """A base and ``n_experts`` experts under ``root``."""
     base = make_tiny_llama(Path(root) / "base", seed=seed, **overrides)
     experts = [
@@ -63,7 +65,9 @@ def make_family(root: Path, n_experts: int = 3, seed: int = 0, **overrides) -> t
     return base, experts
 
 
-def make_vllm_family(root: Path, n_experts: int = 2, *, tied: bool = False) -> tuple[Path, list[Path]]:
+def make_vllm_family(
+    root: Path, n_experts: int = 2, *, tied: bool = False
+) -> tuple[Path, list[Path]]:
     """A base and experts that vLLM's CPU attention accepts (head_dim 64; it rejects 16),
     with the toy's character tokenizer saved beside each so engines can load them."""
     from mergekit_cycleqd.toy.tokenizer import build_char_tokenizer
@@ -82,7 +86,10 @@ def make_vllm_family(root: Path, n_experts: int = 2, *, tied: bool = False) -> t
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    experts = [make_expert(base, Path(root) / f"expert{k}", seed=17 + k, scale=0.3) for k in range(n_experts)]
+    experts = [
+        make_expert(base, Path(root) / f"expert{k}", seed=17 + k, scale=0.3)
+        for k in range(n_experts)
+    ]
     for folder in [base, *experts]:
         tokenizer.save_pretrained(folder)
     return base, experts

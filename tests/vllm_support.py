@@ -84,7 +84,9 @@ def greedy(llm, prompts: list[str], max_tokens: int = 16) -> list[dict]:
             {
                 "text": completion.text,
                 "ids": list(completion.token_ids),
-                "logprobs": [d[t].logprob for t, d in zip(completion.token_ids, completion.logprobs)],
+                "logprobs": [
+                    d[t].logprob for t, d in zip(completion.token_ids, completion.logprobs)
+                ],
                 "cached": output.num_cached_tokens or 0,
             }
         )

@@ -61,7 +61,9 @@ class LMEvalOptions(EvaluatorOptions):
         description="index lm-eval's built-in tasks too (default: only when include_path is unset)",
     )
     metric: str = Field(default="exact_match", description="metric reported as the score")
-    filter: str = Field(default="none", description="filter name of that metric ('none' if unfiltered)")
+    filter: str = Field(
+        default="none", description="filter name of that metric ('none' if unfiltered)"
+    )
     split: str | None = Field(
         default=None,
         description="dataset split to score instead of the task's test_split (e.g. 'validation')",

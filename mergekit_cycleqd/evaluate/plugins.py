@@ -79,7 +79,9 @@ def resolve_evaluator(kind: str, registry: dict[str, str], base: type) -> type:
     """The evaluator class for ``kind`` (see the module docstring for the order); it must
     subclass ``base`` (the ``Evaluator`` ABC, passed in so this module needs no import of it)."""
     if kind in registry:
-        return _checked(_import_target(registry[kind], kind, "registered as"), kind, registry[kind], base)
+        return _checked(
+            _import_target(registry[kind], kind, "registered as"), kind, registry[kind], base
+        )
     plugins = entry_point_kinds()
     if kind in plugins:
         where = f"entry point ({ENTRY_POINT_GROUP})"

@@ -120,9 +120,7 @@ def empty_archives(
 MEAN_ARCHIVE = "mean"
 
 
-def mean_archive(
-    tasks: Sequence[str], bins: int, ranges: Mapping[str, Sequence[float]]
-) -> Archive:
+def mean_archive(tasks: Sequence[str], bins: int, ranges: Mapping[str, Sequence[float]]) -> Archive:
     """QD without cycling: one archive, quality = the mean over all tasks, BCs = every task.
 
     The quality is the mean because that is what the results table ranks; every task is

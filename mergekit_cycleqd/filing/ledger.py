@@ -175,7 +175,9 @@ class Ledger:
             target.close()
         if verdict != "ok":  # never replace a good backup by a copy of damage
             temporary.unlink()
-            raise LedgerError(f"{self.path} fails SQLite's check ({verdict}); backup kept as it was")
+            raise LedgerError(
+                f"{self.path} fails SQLite's check ({verdict}); backup kept as it was"
+            )
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, destination)

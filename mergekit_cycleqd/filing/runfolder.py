@@ -33,8 +33,6 @@ from mergekit_cycleqd.recipe import Recipe, dump_recipe, parse_recipe
 _RESUMABLE_CHANGES = {"search.generations", "workers", "output", "final"}
 
 
-
-
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         flat: dict[str, Any] = {}
@@ -51,6 +49,7 @@ def _without_hub_ids(recipe: dict) -> dict:
         if isinstance(model, dict):
             model.pop("hub_id", None)
     return recipe
+
 
 class RunLock:
     """One writer per run folder: an exclusive flock held for the life of the process.

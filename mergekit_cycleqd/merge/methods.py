@@ -201,7 +201,9 @@ def _local_folder(entry) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(
-            snapshot_download(path, revision=getattr(model, "revision", None), local_files_only=True)
+            snapshot_download(
+                path, revision=getattr(model, "revision", None), local_files_only=True
+            )
         )
     except Exception:  # not a Hub id, or not in the local cache
         return None

@@ -191,7 +191,9 @@ def check_evaluators(recipe: Recipe, *, source: str) -> list[str]:
             except ValueError as error:
                 problems.append(f"{source}: {group}[{index}].evaluator: {error}")
                 continue
-            splits = [("opt", "optimisation")] + ([("test", "test")] if task.test is not None else [])
+            splits = [("opt", "optimisation")] + (
+                [("test", "test")] if task.test is not None else []
+            )
             for split, split_field in splits:
                 options = cls.Options.model_validate(task.split_options(split))
                 where = f"{source}: {group}[{index}].options/{split_field}"

@@ -69,6 +69,7 @@ def _format_error(source: str, error: dict[str, Any], model: type[BaseModel] = R
         return f"{where}{message}"
     return f"{where}{message} (got {_short(error['input'])})"
 
+
 def format_validation_error(
     source: str, error: ValidationError, prefix: str = "", *, model: type[BaseModel] = Recipe
 ) -> str:
@@ -80,7 +81,9 @@ def format_validation_error(
         lines.append(_format_error(source, item, model))
     return "\n".join(lines)
 
+
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|env:[A-Za-z_][A-Za-z0-9_]*)\}")
+
 
 def _substitute(value: Any, variables: dict[str, str], where: str = "") -> Any:
     """Replace ``${name}`` (a recipe variable) and ``${env:NAME}`` (the environment)."""
@@ -102,9 +105,11 @@ def _substitute(value: Any, variables: dict[str, str], where: str = "") -> Any:
         return [_substitute(v, variables, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
         return {
-            k: _substitute(v, variables, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+            k: _substitute(v, variables, f"{where}.{k}" if where else str(k))
+            for k, v in value.items()
         }
     return value
+
 
 def parse_recipe(
     text: str,
@@ -162,6 +167,7 @@ def parse_recipe(
     _validate_backend_options(recipe, source)
     return recipe
 
+
 def _validate_evaluator_options(recipe: Recipe, source: str) -> None:
     from mergekit_cycleqd.evaluate.base import evaluator_class
 
@@ -198,6 +204,7 @@ def _validate_evaluator_options(recipe: Recipe, source: str) -> None:
     if problems:
         raise RecipeError("\n".join(dict.fromkeys(problems)))
 
+
 def _validate_backend_options(recipe: Recipe, source: str) -> None:
     """Backend options must be keyword arguments of the backend's constructor.
 
@@ -222,17 +229,20 @@ def _validate_backend_options(recipe: Recipe, source: str) -> None:
                 f"{recipe.backend.kind} backend (got {value!r}); allowed: {', '.join(allowed)}"
             )
 
+
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe (absolute paths, no variables) as YAML."""
     data = recipe.model_dump(mode="json", exclude_none=False)
     data["from_mergekit_config"] = None
     return yaml.safe_dump(data, sort_keys=False)
 
+
 def load_recipe(path: str | Path, variables: dict[str, str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     return parse_recipe(path.read_text(encoding="utf-8"), str(path), path.parent, variables)
+
 
 def experts_from_mergekit_config(
     path: Path,
@@ -286,8 +296,7 @@ def experts_from_mergekit_config(
         raise RecipeError(
             f"{source}: from_mergekit_config: cannot tell which model of {path} is the expert "
             f"of which task by their names (tasks: {', '.join(tasks)}; matched: {assigned}); "
-            f"map them explicitly:\n  from_mergekit_config:\n    path: {path}\n    tasks:"
-            + example
+            f"map them explicitly:\n  from_mergekit_config:\n    path: {path}\n    tasks:" + example
         )
     experts = [ExpertSpec(path=m, task=assigned[m], name=assigned[m]) for m in models]
     return ModelSpec(path=base), experts

@@ -259,7 +259,9 @@ class Recipe(_Strict):
                 )
         lo, hi = self.search.coefficient_range
         if not lo < hi:
-            raise ValueError(f"search.coefficient_range must be [lo, hi] with lo < hi, got {[lo, hi]}")
+            raise ValueError(
+                f"search.coefficient_range must be [lo, hi] with lo < hi, got {[lo, hi]}"
+            )
         return self
 
     @property
@@ -301,23 +303,3 @@ class Recipe(_Strict):
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -31,7 +31,9 @@ def baseline_config(method: str, base: Path, experts: list[Path]) -> dict[str, A
         config["models"].append({"model": str(base), "parameters": {"weight": 0.0}})
     return config
 
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
 
 def complete_model_folder(folder: Path) -> bool:
     """A config and every weight file it needs: what resume checks before reusing a folder.
@@ -46,6 +48,7 @@ def complete_model_folder(folder: Path) -> bool:
         shards = set(json.loads(index.read_text())["weight_map"].values())
         return all((folder / shard).is_file() for shard in shards)
     return (folder / "model.safetensors").is_file()
+
 
 def run_baseline_merge(config: dict[str, Any], out_dir: Path) -> Path:
     """Merge with mergekit's own planner into a fresh folder."""

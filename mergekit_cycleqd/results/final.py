@@ -138,14 +138,6 @@ def aggregation_parents(
     return records, softmax_weights(qualities, temperature)
 
 
-
-
-
-
-
-
-
-
 def finish_run(run) -> Results:
     """Build the final models, score every row on the test split, write results."""
     recipe = run.recipe

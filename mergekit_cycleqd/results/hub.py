@@ -49,6 +49,7 @@ class PublishItem:
     card: CardInfo
     extra_files: dict[str, Path] = field(default_factory=dict)
 
+
 @dataclass
 class PublishedModel:
     name: str
@@ -56,6 +57,7 @@ class PublishedModel:
     folder: Path
     status: str  # "committed", "unchanged" or "dry-run"
     commit_url: str | None = None
+
 
 @dataclass
 class PublishResult:
@@ -70,6 +72,7 @@ class PublishResult:
         return "\n".join(lines)
 
     __str__ = summary
+
 
 def repo_ids_for(repo_id: str, names: Sequence[str]) -> list[str]:
     """``repo_id`` for a single model, ``<repo_id>-<name>`` for each of several."""
@@ -94,12 +97,14 @@ def repo_ids_for(repo_id: str, names: Sequence[str]) -> list[str]:
             ) from None
     return ids
 
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link weights into the staging folder (no 16 GB copy); copy across devices."""
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
 
 def stage_item(item: PublishItem, repo_id: str, folder: Path) -> Path:
     """Write the exact repository content of one model into ``folder`` (fresh)."""
@@ -129,8 +134,10 @@ def stage_item(item: PublishItem, repo_id: str, folder: Path) -> Path:
     (folder / "README.md").write_text(render_card(item.card, repo_id.split("/")[1]))
     return folder
 
+
 def _local_files(folder: Path) -> dict[str, Path]:
     return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
 
 def _git_blob_sha1(path: Path) -> str:
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
@@ -139,12 +146,14 @@ def _git_blob_sha1(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
 
 def _same_file(local: Path, sibling) -> bool:
     """Compare by content hash: LFS files by sha256, regular ones by git blob id."""
@@ -153,6 +162,7 @@ def _same_file(local: Path, sibling) -> bool:
     if sibling.lfs is not None:
         return _sha256(local) == sibling.lfs.sha256
     return sibling.blob_id is not None and _git_blob_sha1(local) == sibling.blob_id
+
 
 class _Scrubber:
     """Removes the token from any text before it reaches a message."""
@@ -164,6 +174,7 @@ class _Scrubber:
         if self.token:
             text = text.replace(self.token, "***")
         return text
+
 
 def _resolve_token(token: str | None) -> str:
     if token:
@@ -177,6 +188,7 @@ def _resolve_token(token: str | None) -> str:
             "access to the target namespace), or use --dry-run to only write the folders"
         )
     return found
+
 
 def _describe(exc: BaseException, scrub: _Scrubber, endpoint: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError
@@ -192,6 +204,7 @@ def _describe(exc: BaseException, scrub: _Scrubber, endpoint: str) -> str:
     if "Connect" in name or "Timeout" in name or isinstance(exc, ConnectionError):
         return f"cannot reach the Hub at {endpoint} ({name}); check the network and retry"
     return scrub(f"{name}: {exc}")
+
 
 def _publish_one(api, repo_id: str, folder: Path, private: bool, name: str) -> PublishedModel:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
@@ -216,7 +229,9 @@ def _publish_one(api, repo_id: str, folder: Path, private: bool, name: str) -> P
     if set(local) == set(remote) and all(_same_file(local[p], remote[p]) for p in local):
         logger.info("%s: %s already holds these exact files; skipped", name, repo_id)
         return PublishedModel(name, repo_id, folder, "unchanged")
-    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in local.items()]
+    operations = [
+        CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in local.items()
+    ]
     operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(set(remote) - set(local))]
     commit = api.create_commit(
         repo_id,
@@ -225,6 +240,7 @@ def _publish_one(api, repo_id: str, folder: Path, private: bool, name: str) -> P
         commit_description="Uploaded with mergekit-cycleqd publish (one commit per model).",
     )
     return PublishedModel(name, repo_id, folder, "committed", commit_url=commit.commit_url)
+
 
 def publish_models(
     items: Sequence[PublishItem],
@@ -281,6 +297,7 @@ def publish_models(
                 "Re-run the same command to finish (published models are skipped)."
             ) from None
     return result
+
 
 def read_card(folder: Path) -> dict:
     """Front matter of a staged (or downloaded) repository folder's README.md."""

@@ -62,6 +62,7 @@ def _hub_ids(
     paths = {str(m["path"]): m["hub_id"] for m in [base, *entries] if m.get("path") and m["hub_id"]}
     return base["hub_id"], experts, paths
 
+
 def _declared_hub_id(folder: str | None) -> str | None:
     """A Hub id the model folder declares about itself, if any (no network)."""
     if not folder:
@@ -88,6 +89,7 @@ def _declared_hub_id(folder: str | None) -> str | None:
         if isinstance(declared, str) and hub_id.match(declared):
             return declared
     return None
+
 
 def default_repo_id(run_dir: Path, org: str, pick_name: str) -> str:
     """``ORG/<run name>-<model name>``: --final and each --elite get a repository of their own."""

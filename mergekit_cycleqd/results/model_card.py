@@ -76,7 +76,11 @@ def _front_matter(info: CardInfo, model_name: str) -> dict:
                     "task": {"type": "text-generation", "name": task},
                     "dataset": {"name": f"{task} ({label} split)", "type": task, "split": split},
                     "metrics": [
-                        {"type": "accuracy", "value": round(float(value), 6), "name": f"{task} score"}
+                        {
+                            "type": "accuracy",
+                            "value": round(float(value), 6),
+                            "name": f"{task} score",
+                        }
                     ],
                 }
             )
@@ -135,7 +139,9 @@ def _link(hub_id: str | None, local_name: str) -> str:
 def render_card(info: CardInfo, model_name: str) -> str:
     """The complete README.md text (front matter + body) for one model."""
     meta = yaml.safe_dump(_front_matter(info, model_name), sort_keys=False, allow_unicode=True)
-    experts = "\n".join(f"- {_link(e.hub_id, e.name)} — expert for **{e.task}**" for e in info.experts)
+    experts = "\n".join(
+        f"- {_link(e.hub_id, e.name)} — expert for **{e.task}**" for e in info.experts
+    )
     parts = [
         f"---\n{meta}---",
         f"# {model_name}",
@@ -145,8 +151,7 @@ def render_card(info: CardInfo, model_name: str) -> str:
         "mutated along the experts' singular directions) with "
         "[mergekit](https://github.com/arcee-ai/mergekit) and the mergekit-cycleqd plugin.",
         "## How it was made",
-        f"Base model: {_link(info.base_model, 'base')}\n\n"
-        f"Experts:\n\n{experts}",
+        f"Base model: {_link(info.base_model, 'base')}\n\nExperts:\n\n{experts}",
         "## Lineage",
         _provenance(info),
         "## Scores",

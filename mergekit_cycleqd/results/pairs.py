@@ -69,7 +69,9 @@ def run_pairs(recipe_file: Path, out_dir: Path, generations: int | None = None) 
     rows = []
     for task_a, task_b in itertools.combinations([t.name for t in recipe.tasks], 2):
         path = out_dir / f"{task_a}-{task_b}.yml"
-        path.write_text(yaml.safe_dump(pair_recipe(raw, task_a, task_b, generations), sort_keys=False))
+        path.write_text(
+            yaml.safe_dump(pair_recipe(raw, task_a, task_b, generations), sort_keys=False)
+        )
         seed = recipe.search.seed
         results = run_one(path, seed, out_dir / f"{task_a}-{task_b}")
         delivered = next(r for r in results["rows"] if r["kind"] == "final")
@@ -121,8 +123,13 @@ def _plot(rows: list[PairResult], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(5.5, 4))
     for r in rows:
         axis.scatter(r.similarity, r.kept, color="tab:blue")
-        axis.annotate(f"{r.task_a}+{r.task_b}", (r.similarity, r.kept), fontsize=7,
-                      xytext=(3, 3), textcoords="offset points")
+        axis.annotate(
+            f"{r.task_a}+{r.task_b}",
+            (r.similarity, r.kept),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     axis.set_xlabel("mergeability of the pair (cosine of task-vector singular values)")
     axis.set_ylabel("share of the experts' scores kept")
     axis.set_title("CycleQD on every pair of experts")
@@ -132,8 +139,9 @@ def _plot(rows: list[PairResult], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mergekit_cycleqd.results.pairs",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mergekit_cycleqd.results.pairs", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("recipe", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--generations", type=int, default=None)

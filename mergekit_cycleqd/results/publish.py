@@ -52,41 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ---- picking models from a run -------------------------------------------------------
 
 
@@ -99,7 +64,9 @@ class _Pick:
 
 def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
     """Resolve ``{"final": True}``, ``{"elite": ID}`` or ``{"archive": TASK, "top": K}``."""
-    chosen = [key for key in ("final", "elite", "archive") if selection.get(key) not in (None, False)]
+    chosen = [
+        key for key in ("final", "elite", "archive") if selection.get(key) not in (None, False)
+    ]
     if len(chosen) != 1:
         raise PublishError("choose exactly one of --final, --elite CHILD_ID, --archive TASK")
     if chosen[0] == "final":
@@ -137,7 +104,9 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
         if record.role == "seed":
             logger.warning(
                 "skipping model %d of archive %r: it is %s itself (a seed), not a merge",
-                record.id, task, record.name.removeprefix("seed:"),
+                record.id,
+                task,
+                record.name.removeprefix("seed:"),
             )
             continue
         picks.append(_Pick(f"elite-{elite.child_id}", elite.child_id, record))
@@ -146,12 +115,6 @@ def _pick_models(ledger, archives, selection: Mapping[str, Any]) -> list[_Pick]:
     if not picks:
         raise PublishError(f"archive {task!r} holds only seeds (the experts themselves)")
     return picks
-
-
-
-
-
-
 
 
 def _card_config(config_path: Path, paths: Mapping[str, str]) -> tuple[str | None, Path | None]:
@@ -219,7 +182,8 @@ def verify_rebuild(config_path: Path, model_dir: Path) -> None:
         )
         rebuilt, shipped = _folder_tensors(Path(out)), _folder_tensors(model_dir)
     differing = sorted(
-        n for n in rebuilt.keys() | shipped.keys()
+        n
+        for n in rebuilt.keys() | shipped.keys()
         if n not in rebuilt or n not in shipped or not torch.equal(rebuilt[n], shipped[n])
     )
     if differing:
@@ -321,6 +285,11 @@ def publish_run(
         extra = {f"cycleqd/{genome.name}": genome} if genome else {}
         items.append(PublishItem(pick.name, model_dir, card, extra_files=extra))
     return publish_models(
-        items, repo_id, private=private, dry_run=dry_run, endpoint=endpoint, token=token,
+        items,
+        repo_id,
+        private=private,
+        dry_run=dry_run,
+        endpoint=endpoint,
+        token=token,
         staging_dir=staging_dir / "repos",
     )

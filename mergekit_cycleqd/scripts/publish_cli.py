@@ -49,6 +49,7 @@ def cmd_publish(argv: list[str]) -> int:
     print(result)
     return 0
 
+
 def _add_hub_id_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-hub-id", metavar="ID", help="Hub id of the run's base model")
     parser.add_argument(
@@ -64,6 +65,7 @@ def _add_hub_id_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="models without a Hub id are named only locally on the card (no base_model link)",
     )
+
 
 def _hub_id_arguments(args: argparse.Namespace) -> dict:
     experts = {}

@@ -82,14 +82,21 @@ class WorkerLosses:
             log.warning(
                 "a %s died running %s (%s); it is the %d. worker lost to this job, so "
                 "%s is filed as failed; a new worker replaces the lost one",
-                self.kind, job.name, reason, len(losses), job.name,
+                self.kind,
+                job.name,
+                reason,
+                len(losses),
+                job.name,
             )
             return JobResult(
                 job, "failed", error=f"killed {len(losses)} {self.kind}s (last: {reason})"
             )
         log.warning(
             "a %s died running %s (%s); replaced it and running %s again",
-            self.kind, job.name, reason, job.name,
+            self.kind,
+            job.name,
+            reason,
+            job.name,
         )
         return None
 

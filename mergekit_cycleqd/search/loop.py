@@ -141,8 +141,12 @@ class CycleQD:
         try:
             with interrupt:
                 self.executor = make_executor(
-                    self.recipe, self.folder.root, self.base, self.experts,
-                    self.folder.recipe_path.read_text(encoding="utf-8"), self.lag,
+                    self.recipe,
+                    self.folder.root,
+                    self.base,
+                    self.experts,
+                    self.folder.recipe_path.read_text(encoding="utf-8"),
+                    self.lag,
                     self.early_workers,
                 )
                 self._run_seeds(interrupt)
@@ -177,8 +181,10 @@ class CycleQD:
         pending = seed_jobs(self.recipe, self.ledger)
         with StepProgress("seeds", len(pending)) as progress:
             while pending or self.executor.in_flight():
-                while pending and not interrupt.requested and (
-                    self.executor.in_flight() < self.executor.capacity
+                while (
+                    pending
+                    and not interrupt.requested
+                    and (self.executor.in_flight() < self.executor.capacity)
                 ):
                     job = pending.pop(0)
                     progress.step(f"scoring {job.name.removeprefix('seed:')}")
@@ -234,9 +240,7 @@ class CycleQD:
         done = ok if self.retry_failed else {r.generation for r in rows}
         retried = sorted({r.generation for r in rows} - ok) if self.retry_failed else []
         if retried:
-            log.warning(
-                "--retry-failed: running the failed generation(s) %s again", retried
-            )
+            log.warning("--retry-failed: running the failed generation(s) %s again", retried)
         return [g for g in range(1, total + 1) if g not in done]
 
     def ask(self, generation: int) -> Job:

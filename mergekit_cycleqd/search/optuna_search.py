@@ -63,7 +63,9 @@ class OptunaSearch(CoefficientSearch):
                     params=dict(zip(self._names, trial)),
                     distributions=dict.fromkeys(self._names, distribution),
                     values=values,
-                    state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL,
+                    state=optuna.trial.TrialState.COMPLETE
+                    if values
+                    else optuna.trial.TrialState.FAIL,
                 )
             )
         elif values is None:

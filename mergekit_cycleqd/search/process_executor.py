@@ -32,8 +32,13 @@ class _Process:
         to_worker_read, to_worker_write = os.pipe()
         from_worker_read, from_worker_write = os.pipe()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mergekit_cycleqd.search.process_worker",
-             str(to_worker_read), str(from_worker_write)],
+            [
+                sys.executable,
+                "-m",
+                "mergekit_cycleqd.search.process_worker",
+                str(to_worker_read),
+                str(from_worker_write),
+            ],
             pass_fds=(to_worker_read, from_worker_write),
             start_new_session=True,  # the terminal's Ctrl-C is the driver's to handle
             env={**os.environ, **env},
@@ -82,8 +87,9 @@ def worker_environments(count: int, gpus_per_worker: float) -> list[dict[str, st
             f"GPUs; this machine shows {len(devices)} ({', '.join(devices) or 'none'}). Lower "
             "workers.count or workers.gpus_per_worker, or set gpus_per_worker: 0 to share them."
         )
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(devices[i * per:(i + 1) * per])}
-            for i in range(count)]
+    return [
+        {"CUDA_VISIBLE_DEVICES": ",".join(devices[i * per : (i + 1) * per])} for i in range(count)
+    ]
 
 
 class EarlyWorkers:

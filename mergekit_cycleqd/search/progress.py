@@ -25,9 +25,22 @@ from mergekit_cycleqd.search.jobs import JobResult
 _BAR_FORMAT = "{desc} |{bar:10}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}"
 _BAR_WIDTH = 50
 CHATTY_LOGGERS = (
-    "lm_eval", "lm-eval", "mergekit", "transformers", "accelerate", "datasets",
-    "huggingface_hub", "httpx", "urllib3", "filelock", "fsspec", "ray", "torch", "vllm",
-    "matplotlib", "PIL",
+    "lm_eval",
+    "lm-eval",
+    "mergekit",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "huggingface_hub",
+    "httpx",
+    "urllib3",
+    "filelock",
+    "fsspec",
+    "ray",
+    "torch",
+    "vllm",
+    "matplotlib",
+    "PIL",
 )
 
 

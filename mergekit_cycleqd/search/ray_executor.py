@@ -94,8 +94,11 @@ class RayExecutor(Executor):
             actor, job = self.pending.pop(ready)
             try:
                 result = self.ray.get(ready)
-            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError,
-                    self.ray.exceptions.ObjectLostError) as error:
+            except (
+                self.ray.exceptions.RayActorError,
+                self.ray.exceptions.WorkerCrashedError,
+                self.ray.exceptions.ObjectLostError,
+            ) as error:
                 failed = self._replace(actor, job, error)
                 if failed is not None:
                     return failed

@@ -182,8 +182,9 @@ class Worker:
                 ) from None
             return self._failed(job, error, started, merge_s)
         except SystemExit as error:  # an evaluator that exits must not end the run
-            return self._failed(job, f"the evaluator called sys.exit({error.code!r})", started,
-                                merge_s)
+            return self._failed(
+                job, f"the evaluator called sys.exit({error.code!r})", started, merge_s
+            )
         except Exception as error:  # any failure of one child must not stop the run
             return self._failed(job, error, started, merge_s)
         return JobResult(

@@ -133,8 +133,9 @@ def _train_base(out_dir: Path, seed: int, config: ToyConfig) -> None:
         should_stop = None
         if config.base_target is not None:
             probe = {
-                skill: TrainingStream(((skill, 1.0),), f"toy-probe-{seed}-{skill}", *lengths, excluded)
-                .sample(100)
+                skill: TrainingStream(
+                    ((skill, 1.0),), f"toy-probe-{seed}-{skill}", *lengths, excluded
+                ).sample(100)
                 for skill in config.skills
             }
 
@@ -143,8 +144,14 @@ def _train_base(out_dir: Path, seed: int, config: ToyConfig) -> None:
                 return sum(scores) / len(scores) >= config.base_target
 
         train(
-            model, tokenizer, stream, steps=config.base_steps, lr=config.base_lr,
-            batch_size=config.batch_size, desc="base", should_stop=should_stop,
+            model,
+            tokenizer,
+            stream,
+            steps=config.base_steps,
+            lr=config.base_lr,
+            batch_size=config.batch_size,
+            desc="base",
+            should_stop=should_stop,
         )
     save_model(model, tokenizer, out_dir / "base")
 

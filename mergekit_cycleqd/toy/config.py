@@ -65,15 +65,17 @@ class ToyConfig:
         if not 0.0 <= self.expert_replay < 1.0:
             raise ValueError(f"ToyConfig.expert_replay must be in [0, 1), got {self.expert_replay}")
         if self.expert_replay_kl < 0.0:
-            raise ValueError(f"ToyConfig.expert_replay_kl must be >= 0, got {self.expert_replay_kl}")
+            raise ValueError(
+                f"ToyConfig.expert_replay_kl must be >= 0, got {self.expert_replay_kl}"
+            )
         if not 1 <= self.min_len <= self.max_len:
-            raise ValueError(f"ToyConfig: need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
+            raise ValueError(
+                f"ToyConfig: need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"ToyConfig: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
             )
-
-
 
     @classmethod
     def from_json(cls, values: dict) -> ToyConfig:

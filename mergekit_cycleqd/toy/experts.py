@@ -80,19 +80,34 @@ def train_expert(
                 expert_mixture(config, skill), f"toy-expert-{seed}-{skill}", *lengths, excluded
             )
             train(
-                model, tokenizer, stream, steps=config.expert_steps, lr=config.expert_lr,
-                batch_size=config.batch_size, desc=skill,
+                model,
+                tokenizer,
+                stream,
+                steps=config.expert_steps,
+                lr=config.expert_lr,
+                batch_size=config.batch_size,
+                desc=skill,
             )
         else:
             own = TrainingStream(((skill, 1.0),), f"toy-expert-{seed}-{skill}", *lengths, excluded)
             replay = TrainingStream(
                 config.expert_replay_mixture or config.base_mixture,
-                f"toy-replay-{seed}-{skill}", *lengths, excluded,
+                f"toy-replay-{seed}-{skill}",
+                *lengths,
+                excluded,
             )
             train_with_kl_replay(
-                model, teacher, tokenizer, own, replay, steps=config.expert_steps,
-                lr=config.expert_lr, batch_size=config.batch_size,
-                replay_share=config.expert_replay, kl_weight=config.expert_replay_kl, desc=skill,
+                model,
+                teacher,
+                tokenizer,
+                own,
+                replay,
+                steps=config.expert_steps,
+                lr=config.expert_lr,
+                batch_size=config.batch_size,
+                replay_share=config.expert_replay,
+                kl_weight=config.expert_replay_kl,
+                desc=skill,
             )
     save_model(model, tokenizer, out_dir / "experts" / skill)
 
@@ -112,7 +127,12 @@ class ExpertWorkers:
         count = min(processes, len(config.skills))
         for start in range(count):
             skills = list(config.skills[start::count])
-            job = {"out_dir": str(out_dir), "seed": seed, "config": config.to_json(), "skills": skills}
+            job = {
+                "out_dir": str(out_dir),
+                "seed": seed,
+                "config": config.to_json(),
+                "skills": skills,
+            }
             errors = tempfile.TemporaryFile("w+", encoding="utf-8")
             process = subprocess.Popen(
                 [sys.executable, "-m", "mergekit_cycleqd.toy.experts", json.dumps(job)],

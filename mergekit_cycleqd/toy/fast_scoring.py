@@ -19,8 +19,12 @@ from mergekit_cycleqd.toy.tasks import data_path
 
 
 class FastScorer:
-    def __init__(self, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
-                 data: Mapping[str, Mapping[str, list[dict[str, str]]]]):
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        tokenizer: PreTrainedTokenizerFast,
+        data: Mapping[str, Mapping[str, list[dict[str, str]]]],
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.data = data  # skill -> split -> rows with "prompt" and "answer"
@@ -34,9 +38,11 @@ class FastScorer:
         for skill in assets.experts:
             data[skill] = {}
             for path in Path(assets.task_dir).glob(f"{skill}_*.jsonl"):
-                split = path.stem[len(skill) + 1:]
+                split = path.stem[len(skill) + 1 :]
                 if data_path(assets.task_dir, skill, split) == path:
-                    data[skill][split] = [json.loads(line) for line in path.read_text().splitlines()]
+                    data[skill][split] = [
+                        json.loads(line) for line in path.read_text().splitlines()
+                    ]
         return cls(model, tokenizer, data)
 
     def load(self, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -130,9 +130,7 @@ def random_word(rng: random.Random, min_len: int, max_len: int, alphabet: str = 
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(min_len, max_len)))
 
 
-def held_out_words(
-    seed: int, skill: str, count: int, min_len: int, max_len: int
-) -> list[str]:
+def held_out_words(seed: int, skill: str, count: int, min_len: int, max_len: int) -> list[str]:
     """``count`` distinct words for a skill's evaluation splits (deterministic per seed)."""
     rng = random.Random(f"toy-eval-{seed}-{skill}")
     alphabet = SKILLS[skill].alphabet

@@ -83,7 +83,9 @@ def _cut(value: Any, budget: int) -> Any:
     return value
 
 
-def fetch_capped(rows: Iterable[Sequence[Any]], max_bytes: int) -> tuple[list[tuple[Any, ...]], bool]:
+def fetch_capped(
+    rows: Iterable[Sequence[Any]], max_bytes: int
+) -> tuple[list[tuple[Any, ...]], bool]:
     """Take rows one at a time until ``max_bytes`` of values are held.
 
     The row that crosses the cap is kept with its long values cut to what is

@@ -91,15 +91,21 @@ class DBBenchEpisode(Episode):
                 return self._finish("invalid_format")
             self.operations += 1
             outcome = self.database.execute(sql)
-            self.observations.append(dbp.observation(
-                outcome.rows, outcome.error, truncated=outcome.truncated,
-                max_chars=self.max_observation_chars,
-            ))
+            self.observations.append(
+                dbp.observation(
+                    outcome.rows,
+                    outcome.error,
+                    truncated=outcome.truncated,
+                    max_chars=self.max_observation_chars,
+                )
+            )
             return self.observations[-1]
         self.answer = dbp.extract_answer(reply)
         if self.answer is not None:
             return self._finish("answered")
-        return self._finish("round_limit" if self.operations >= self.max_operations else "invalid_format")
+        return self._finish(
+            "round_limit" if self.operations >= self.max_operations else "invalid_format"
+        )
 
     def on_round_limit(self) -> None:
         self._finish("round_limit")
@@ -193,10 +199,12 @@ class DBBenchOptions(EvaluatorOptions):
         None, description="0-based record positions in the file and 'a-b' ranges; default: all"
     )
     protocol: dbp.Protocol = Field(
-        "agentbench", description="agentbench (AgentBench main) or cycleqd (its v0.2, as in the paper)"
+        "agentbench",
+        description="agentbench (AgentBench main) or cycleqd (its v0.2, as in the paper)",
     )
     max_rounds: int | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="SQL operations per task (AgentBench's max_round; the model then gets one "
         "more reply for its answer); default: 15 (agentbench) or 5 (cycleqd)",
     )
@@ -235,10 +243,14 @@ class DBBenchEvaluator(Evaluator):
         self.report = load_dbbench(options.path)
         records = len(self.report.tasks) + len(self.report.skipped)
         by_index = {task.index: task for task in self.report.tasks}
-        selected = range(records) if options.indices is None else expand_ids(options.indices, "indices")
+        selected = (
+            range(records) if options.indices is None else expand_ids(options.indices, "indices")
+        )
         bad = [i for i in selected if not 0 <= i < records]
         if bad:
-            raise ValueError(f"indices: {bad[:10]} out of range for {options.path} ({records} records)")
+            raise ValueError(
+                f"indices: {bad[:10]} out of range for {options.path} ({records} records)"
+            )
         self.tasks = [by_index[i] for i in selected if i in by_index]
         self.skipped = [(i, why) for i, why in self.report.skipped if i in set(selected)]
 
@@ -248,7 +260,9 @@ class DBBenchEvaluator(Evaluator):
         if isinstance(db, SQLiteOptions):
             from cycleqd_evaluators.agentbench.dbbench_sqlite import SQLiteBackend
 
-            return SQLiteBackend(query_timeout_s=o.query_timeout_s, max_result_bytes=o.max_result_bytes)
+            return SQLiteBackend(
+                query_timeout_s=o.query_timeout_s, max_result_bytes=o.max_result_bytes
+            )
         from cycleqd_evaluators.agentbench.dbbench_mysql import MySQLBackend
 
         password = db.password
@@ -257,17 +271,26 @@ class DBBenchEvaluator(Evaluator):
                 raise ValueError(f"database.password_env: ${db.password_env} is not set")
             password = os.environ[db.password_env]
         return MySQLBackend(
-            db.host, db.port, db.user, password,
-            query_timeout_s=o.query_timeout_s, prefix=db.prefix,
-            connect_timeout_s=db.connect_timeout_s, max_result_bytes=o.max_result_bytes,
+            db.host,
+            db.port,
+            db.user,
+            password,
+            query_timeout_s=o.query_timeout_s,
+            prefix=db.prefix,
+            connect_timeout_s=db.connect_timeout_s,
+            max_result_bytes=o.max_result_bytes,
         )
 
     def make_episodes(self, database: DatabaseBackend) -> list[DBBenchEpisode]:
         o = self.options
         return [
             DBBenchEpisode(
-                task, database, protocol_name=o.protocol, max_operations=o.operations,
-                max_observation_chars=o.max_observation_chars, system_prompt=o.system_prompt,
+                task,
+                database,
+                protocol_name=o.protocol,
+                max_operations=o.operations,
+                max_observation_chars=o.max_observation_chars,
+                system_prompt=o.system_prompt,
             )
             for task in self.tasks
         ]

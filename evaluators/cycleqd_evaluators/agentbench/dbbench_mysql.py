@@ -147,7 +147,10 @@ class MySQLBackend(DatabaseBackend):
         return MySQLTaskDatabase(self, table)
 
     def close(self) -> None:
-        for lock, connection in ((self._admin_lock, self._admin), (self._killer_lock, self._killer)):
+        for lock, connection in (
+            (self._admin_lock, self._admin),
+            (self._killer_lock, self._killer),
+        ):
             with lock:
                 try:
                     connection.close()
@@ -173,7 +176,9 @@ class MySQLTaskDatabase(TaskDatabase):
             backend.admin(f"CREATE TABLE {target} ({columns})")
             if table.rows:
                 placeholders = ", ".join("%s" for _ in table.columns)
-                backend.admin(f"INSERT INTO {target} VALUES ({placeholders})", table.rows, many=True)
+                backend.admin(
+                    f"INSERT INTO {target} VALUES ({placeholders})", table.rows, many=True
+                )
         except BaseException:
             self.close()
             raise

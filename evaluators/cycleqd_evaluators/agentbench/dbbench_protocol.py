@@ -86,8 +86,9 @@ def extract_answer(reply: str) -> str | None:
     return final.group(1) if final else None
 
 
-def observation(rows: list[tuple[Any, ...]] | None, error: str | None, *, truncated: bool,
-                max_chars: int = 800) -> str:
+def observation(
+    rows: list[tuple[Any, ...]] | None, error: str | None, *, truncated: bool, max_chars: int = 800
+) -> str:
     """What the model sees after an operation."""
     text = error if error is not None else str(rows or [])
     if len(text) > max_chars or (truncated and error is None):

@@ -43,8 +43,15 @@ from cycleqd_evaluators.agentbench.db_backends import (
 COLLATION = "MYSQL_CI"
 # Read-only PRAGMAs a model may use to look at its own table; every other one is refused.
 READ_ONLY_PRAGMAS = frozenset(
-    {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-     "foreign_key_list"}
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+    }
 )
 _DENIED_FUNCTIONS = frozenset({"load_extension"})
 
@@ -136,7 +143,9 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_PRAGMA:
-        return sqlite3.SQLITE_OK if (arg1 or "").lower() in READ_ONLY_PRAGMAS else sqlite3.SQLITE_DENY
+        return (
+            sqlite3.SQLITE_OK if (arg1 or "").lower() in READ_ONLY_PRAGMAS else sqlite3.SQLITE_DENY
+        )
     if action in (sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE):
         return sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
@@ -179,7 +188,9 @@ class SQLiteTaskDatabase(TaskDatabase):
         self.connection.create_function("like", 3, mysql_like, deterministic=True)
         self._deadline = float("inf")
         self.connection.set_progress_handler(self._past_deadline, 1_000)
-        columns = ", ".join(f"{quote_identifier(c)} TEXT COLLATE {COLLATION}" for c in table.columns)
+        columns = ", ".join(
+            f"{quote_identifier(c)} TEXT COLLATE {COLLATION}" for c in table.columns
+        )
         self.connection.execute(f"CREATE TABLE {quote_identifier(table.name)} ({columns})")
         placeholders = ", ".join("?" for _ in table.columns)
         self.connection.executemany(

@@ -162,6 +162,8 @@ def load_dbbench(path: Path) -> LoadReport:
     if report.padded:
         logger.info(
             "%s: %d records had short table rows, padded with NULL (records %s)",
-            path, len(report.padded), report.padded[:20],
+            path,
+            len(report.padded),
+            report.padded[:20],
         )
     return report

@@ -79,27 +79,61 @@ HOST_CHECKS: dict[str, Callable[[str, str], bool]] = {
 """Checkers comparing argv[1] (the answer) with argv[2] (the reference output)."""
 
 _CALC_EXPRESSIONS = [
-    "1 + 2", "7 - 10", "3 * 4 + 5", "2 * (9 / 3)", "(1 + 2) * (3 + 4)", "10 / 4", "100 - 3 * 7",
-    "((2 + 3) * 4 - 5) / 3", "1.5 * 4", "-3 + 8 * 2", "9 / 3 / 3", "2 * 1", "6 * (9 / 3) + 7",
+    "1 + 2",
+    "7 - 10",
+    "3 * 4 + 5",
+    "2 * (9 / 3)",
+    "(1 + 2) * (3 + 4)",
+    "10 / 4",
+    "100 - 3 * 7",
+    "((2 + 3) * 4 - 5) / 3",
+    "1.5 * 4",
+    "-3 + 8 * 2",
+    "9 / 3 / 3",
+    "2 * 1",
+    "6 * (9 / 3) + 7",
     "(8 - 2) * (5 + 1) / 4",
 ]
 _CALC_EXTRA = [
-    "12 + 30 / 6", "(7 + 3) * (2 - 5)", "1 / 8", "3 * (4 + (5 - 2) * 2)", "0.25 * 16", "45 - 15 / 3",
-    "(100 + 200) / (3 * 5)", "8 * 8 - 8", "2.5 + 2.5 * 2", "(9 - 4) * (9 + 4)", "7 / 2 * 2",
-    "1000 / 10 / 10", "(1 + 1) * (1 + 1) * (1 + 1)", "33 - (11 * 2)", "4 / (2 + 2)", "6 + 7 * 8",
+    "12 + 30 / 6",
+    "(7 + 3) * (2 - 5)",
+    "1 / 8",
+    "3 * (4 + (5 - 2) * 2)",
+    "0.25 * 16",
+    "45 - 15 / 3",
+    "(100 + 200) / (3 * 5)",
+    "8 * 8 - 8",
+    "2.5 + 2.5 * 2",
+    "(9 - 4) * (9 + 4)",
+    "7 / 2 * 2",
+    "1000 / 10 / 10",
+    "(1 + 1) * (1 + 1) * (1 + 1)",
+    "33 - (11 * 2)",
+    "4 / (2 + 2)",
+    "6 + 7 * 8",
 ]
 
 
 _COUNT_DIRS = ("/usr/local/bin", "/root", "/bin", "/lib", "/dev", "/usr/include")
 _DATES = (
-    ("2023-5-1", "%Y/%m/%d"), ("2021-12-31", "%d.%m.%Y"), ("2000-02-29", "%A, %B %d"),
-    ("1999-7-4", "%y%m%d"), ("2024-01-09", "%j"), ("2010-10-10", "%Y-%m-%dT00:00"),
+    ("2023-5-1", "%Y/%m/%d"),
+    ("2021-12-31", "%d.%m.%Y"),
+    ("2000-02-29", "%A, %B %d"),
+    ("1999-7-4", "%y%m%d"),
+    ("2024-01-09", "%j"),
+    ("2010-10-10", "%Y-%m-%dT00:00"),
 )
-_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_ARITHMETIC = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
 
 
 def arithmetic(expression: str) -> float:
     """The value of a + - * / expression of numbers, computed here (never by a sandbox tool)."""
+
     def value(node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
             return float(node.value)
@@ -115,15 +149,22 @@ def arithmetic(expression: str) -> float:
 def _outputs(run: Callable[[str], CommandResult], lines: Sequence[str]) -> list[str] | None:
     """The last output line of each command, run as one script (None when it did not finish)."""
     separator = f"__CQD_{secrets.token_hex(8)}__"
-    result = run("".join(f"{line} 2>/dev/null </dev/null | tail -n 1; echo {separator}\n" for line in lines))
+    result = run(
+        "".join(f"{line} 2>/dev/null </dev/null | tail -n 1; echo {separator}\n" for line in lines)
+    )
     if result.exit_code is None:
         return None
     parts = result.output.split(separator + "\n")
     return [part.strip() for part in parts[: len(lines)]] if len(parts) > len(lines) else None
 
 
-def _compare(name: str, inputs: Sequence[str], got: list[str] | None, want: list[str] | None,
-             same: Callable[[str, str], bool]) -> Verdict:
+def _compare(
+    name: str,
+    inputs: Sequence[str],
+    got: list[str] | None,
+    want: list[str] | None,
+    same: Callable[[str, str], bool],
+) -> Verdict:
     if got is None or want is None:
         return Verdict(False, f"{name}: the commands did not finish")
     for given, g, w in zip(inputs, got, want, strict=True):
@@ -141,7 +182,10 @@ def _close(got: str, want: str) -> bool:
 
 def _check_calc(expressions: Sequence[str]) -> Callable[[Sandbox, float], Verdict]:
     def check(sandbox: Sandbox, timeout: float) -> Verdict:
-        got = _outputs(lambda s: sandbox.run(s, timeout=timeout), [f"calc {shlex.quote(e)}" for e in expressions])
+        got = _outputs(
+            lambda s: sandbox.run(s, timeout=timeout),
+            [f"calc {shlex.quote(e)}" for e in expressions],
+        )
         want = [repr(arithmetic(e)) for e in expressions]
         return _compare("calc", expressions, got, want, _close)
 
@@ -150,15 +194,20 @@ def _check_calc(expressions: Sequence[str]) -> Callable[[Sandbox, float], Verdic
 
 def _check_count(sandbox: Sandbox, timeout: float) -> Verdict:
     got = _outputs(lambda s: sandbox.run(s, timeout=timeout), [f"count {d}" for d in _COUNT_DIRS])
-    want = _outputs(lambda s: sandbox.judge(s, timeout=timeout), [f"find {d} -type f | wc -l" for d in _COUNT_DIRS])
+    want = _outputs(
+        lambda s: sandbox.judge(s, timeout=timeout),
+        [f"find {d} -type f | wc -l" for d in _COUNT_DIRS],
+    )
     return _compare("count", _COUNT_DIRS, got, want, lambda g, w: g == w)
 
 
 def _check_date_format(sandbox: Sandbox, timeout: float) -> Verdict:
     cases = [f"{shlex.quote(day)} {shlex.quote(form)}" for day, form in _DATES]
     got = _outputs(lambda s: sandbox.run(s, timeout=timeout), [f"date-format {c}" for c in cases])
-    want = _outputs(lambda s: sandbox.judge(s, timeout=timeout),
-                    [f"date -d {shlex.quote(day)} {shlex.quote('+' + form)}" for day, form in _DATES])
+    want = _outputs(
+        lambda s: sandbox.judge(s, timeout=timeout),
+        [f"date -d {shlex.quote(day)} {shlex.quote('+' + form)}" for day, form in _DATES],
+    )
     return _compare("date-format", cases, got, want, lambda g, w: g == w)
 
 
@@ -216,7 +265,9 @@ def judge(
                 return Verdict(False, f"{script.builtin}: no answer or no reference output")
             # As the scripts see argv: [1] is the answer, [2] the first earlier output.
             ok = HOST_CHECKS[script.builtin](given, outputs[0])
-            detail = f"{script.builtin}: answer {given.strip()[:200]!r} vs {outputs[0].strip()[:200]!r}"
+            detail = (
+                f"{script.builtin}: answer {given.strip()[:200]!r} vs {outputs[0].strip()[:200]!r}"
+            )
             if not ok:
                 return Verdict(False, detail)
             outputs.append("")
@@ -230,6 +281,8 @@ def judge(
         result = sandbox.judge(script.code, [given, *outputs], script.language, timeout)
         if result.exit_code != 0:
             why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
-            return Verdict(False, f"check step {step} ({script.origin}) {why}: {result.output.strip()[-300:]}")
+            return Verdict(
+                False, f"check step {step} ({script.origin}) {why}: {result.output.strip()[-300:]}"
+            )
         outputs.append(result.output)
     return Verdict(True, f"all {len(task.checks)} check steps passed")

@@ -42,24 +42,34 @@ from mergekit_cycleqd.evaluate import (
 
 log = logging.getLogger(__name__)
 
+
 class OSInteractionOptions(EvaluatorOptions):
     """Options of the ``os_interaction`` evaluator (see docs/evaluators-os.md)."""
 
     data: str = Field(description="a task JSON file or a folder of them (AgentBench format)")
-    scripts_dir: str | None = Field(None, description="folder the tasks' script files are relative to")
+    scripts_dir: str | None = Field(
+        None, description="folder the tasks' script files are relative to"
+    )
     builtin_checks: bool = True
     limit: int | None = Field(None, ge=1)
-    protocol: Protocol = Field("agentbench", description="agentbench (8 rounds, 1 run) or cycleqd (5, 5)")
+    protocol: Protocol = Field(
+        "agentbench", description="agentbench (8 rounds, 1 run) or cycleqd (5, 5)"
+    )
     repeats: int | None = Field(None, ge=1, description="runs per task (default: the protocol's)")
-    max_rounds: int | None = Field(None, ge=1, description="model replies per task (default: the protocol's)")
+    max_rounds: int | None = Field(
+        None, ge=1, description="model replies per task (default: the protocol's)"
+    )
     max_new_tokens: int = Field(512, ge=1)
     command_timeout_s: float = Field(30.0, gt=0)
     output_limit: int = Field(OUTPUT_LIMIT, ge=1)
     concurrency: int = Field(8, ge=1)
     max_live_sandboxes: int = Field(32, ge=1)
     sandbox: Literal["auto", "bwrap", "docker"] = "auto"
-    rootfs: str = Field("packages", description="bwrap base root: 'packages' (built from Debian packages "
-                        "and cached), or the folder of an existing root ('/' shows the host's system dirs)")
+    rootfs: str = Field(
+        "packages",
+        description="bwrap base root: 'packages' (built from Debian packages "
+        "and cached), or the folder of an existing root ('/' shows the host's system dirs)",
+    )
     extra_packages: list[str] = Field(default_factory=list, description="added to the built root")
     docker_images: dict[str, str] = Field(default_factory=dict)
     memory_mb: int = Field(1024, ge=64)
@@ -104,7 +114,13 @@ def make_sandbox_backend(options: OSInteractionOptions) -> SandboxBackend:
 class OSEpisode(Episode):
     """One task in one sandbox, judged when the model answers or finishes."""
 
-    def __init__(self, task: OSTask, repeat: int, launch: Callable[[str], Sandbox], options: OSInteractionOptions):
+    def __init__(
+        self,
+        task: OSTask,
+        repeat: int,
+        launch: Callable[[str], Sandbox],
+        options: OSInteractionOptions,
+    ):
         self.task, self.repeat, self.launch, self.options = task, repeat, launch, options
         self.sandbox: Sandbox | None = None
         self.status = "running"
@@ -156,14 +172,19 @@ class OSEpisode(Episode):
                 self.verdict = Verdict(False, str(error))
                 return None
             observation = format_observation(
-                result.output, timed_out=result.timed_out, timeout=self.options.command_timeout_s,
-                exited=result.shell_exited, limit=self.options.output_limit,
+                result.output,
+                timed_out=result.timed_out,
+                timeout=self.options.command_timeout_s,
+                exited=result.shell_exited,
+                limit=self.options.output_limit,
             )
             self.transcript.append({"role": "user", "content": observation})
             return observation
         self.answer = payload
         self.status = "completed"
-        self.verdict = judge(self.task, payload, self.sandbox, self._reference, self.options.command_timeout_s)
+        self.verdict = judge(
+            self.task, payload, self.sandbox, self._reference, self.options.command_timeout_s
+        )
         return None
 
     def _reference(self) -> str | None:
@@ -190,9 +211,14 @@ class OSEpisode(Episode):
 
     def sample(self) -> dict[str, Any]:
         return {
-            "task": self.task.task_id, "repeat": self.repeat, "status": self.status,
-            "answer": self.answer, "correct": self.verdict.correct, "detail": self.verdict.detail,
-            "rounds": self.rounds, "transcript": self.transcript,
+            "task": self.task.task_id,
+            "repeat": self.repeat,
+            "status": self.status,
+            "answer": self.answer,
+            "correct": self.verdict.correct,
+            "detail": self.verdict.detail,
+            "rounds": self.rounds,
+            "transcript": self.transcript,
         }
 
 
@@ -228,8 +254,12 @@ class OSInteractionEvaluator(Evaluator):
         step = self.options.max_live_sandboxes
         for first in range(0, len(episodes), step):
             run_episodes(
-                backend, episodes[first : first + step], config, self.options.rounds,
-                concurrency=self.options.concurrency, desc="os_interaction",
+                backend,
+                episodes[first : first + step],
+                config,
+                self.options.rounds,
+                concurrency=self.options.concurrency,
+                desc="os_interaction",
             )
         per_repeat = [
             statistics.fmean(e.verdict.correct for e in episodes if e.repeat == r)

@@ -77,12 +77,21 @@ yourself. Your bash code must never wait for input. Take exactly one action per 
 
 ONE_SHOT: tuple[tuple[str, str], ...] = (
     ("user", 'How many entries does the directory "/usr/share" hold?'),
-    ("assistant", "Think: I will list the directory to see its entries.\n\nAct: bash\n\n"
-                  "```bash\nls /usr/share\n```"),
-    ("user", "The output of the OS:\n\nbase-files bash-completion ca-certificates common-licenses "
-             "debconf dict doc info locale man perl5 pixmaps" + TRUNCATED),
-    ("assistant", "Think: The listing was truncated, so I will let the shell count the entries.\n\n"
-                  "Act: bash\n\n```bash\nls -1 /usr/share | wc -l\n```"),
+    (
+        "assistant",
+        "Think: I will list the directory to see its entries.\n\nAct: bash\n\n"
+        "```bash\nls /usr/share\n```",
+    ),
+    (
+        "user",
+        "The output of the OS:\n\nbase-files bash-completion ca-certificates common-licenses "
+        "debconf dict doc info locale man perl5 pixmaps" + TRUNCATED,
+    ),
+    (
+        "assistant",
+        "Think: The listing was truncated, so I will let the shell count the entries.\n\n"
+        "Act: bash\n\n```bash\nls -1 /usr/share | wc -l\n```",
+    ),
     ("user", "The output of the OS:\n\n48"),
     ("assistant", "Think: The directory holds 48 entries.\n\nAct: answer(48)"),
 )
@@ -112,22 +121,30 @@ def parse_action(reply: str) -> tuple[str, str | None] | None:
         if action.startswith("finish"):
             return "finish", None
         if action.startswith("answer"):
-            content = line[len("answer"):].strip()
+            content = line[len("answer") :].strip()
             left, right = content.find("("), content.rfind(")")
             if left != -1 and right != -1:
                 return "answer", content[left + 1 : right]
     return None
 
 
-def format_observation(output: str, *, timed_out: bool = False, timeout: float = 30.0,
-                       exited: bool = False, limit: int = OUTPUT_LIMIT) -> str:
+def format_observation(
+    output: str,
+    *,
+    timed_out: bool = False,
+    timeout: float = 30.0,
+    exited: bool = False,
+    limit: int = OUTPUT_LIMIT,
+) -> str:
     """What the model sees after a command; notes on a killed or exited shell are ours."""
     output = output.rstrip("\n")
     if len(output) > limit:
         output = output[: limit - (OUTPUT_LIMIT - KEEP_WHEN_CUT)] + TRUNCATED
     notes = []
     if timed_out:
-        notes.append(f"[the command ran longer than {timeout:g} s and was killed; a new shell was started]")
+        notes.append(
+            f"[the command ran longer than {timeout:g} s and was killed; a new shell was started]"
+        )
     if exited:
         notes.append("[the shell exited; a new shell was started]")
     body = f"The output of the OS:\n\n{output}" if output else "The output of the OS is empty."

@@ -19,8 +19,6 @@ from mergekit_cycleqd.evaluate import TaskFileError
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True)
 class Script:
     """A script to run in the sandbox, or the name of a built-in checker."""
@@ -102,7 +100,12 @@ def load_tasks(
 
 class _TaskLoader:
     def __init__(self, file: Path, source: str, scripts: Path, builtin_checks: Collection[str]):
-        self.file, self.source, self.scripts, self.builtin_checks = file, source, scripts, builtin_checks
+        self.file, self.source, self.scripts, self.builtin_checks = (
+            file,
+            source,
+            scripts,
+            builtin_checks,
+        )
 
     def error(self, index: int, field: str, message: str) -> TaskFileError:
         return TaskFileError(f"{self.file}: task {index}, field {field!r}: {message}")
@@ -125,7 +128,8 @@ class _TaskLoader:
         path = self.scripts / name
         if not path.is_file():
             raise self.error(
-                index, field,
+                index,
+                field,
                 f"script file {str(path)!r} not found (set the option scripts_dir to AgentBench's "
                 "data/os_interaction/scripts/<N> folder)",
             )
@@ -145,7 +149,9 @@ class _TaskLoader:
         init_value = create.get("init")
         init_list = init_value if isinstance(init_value, list) else [init_value]
         init = tuple(
-            self.script(index, f"create.init[{i}]", v) for i, v in enumerate(init_list) if v is not None
+            self.script(index, f"create.init[{i}]", v)
+            for i, v in enumerate(init_list)
+            if v is not None
         )
         evaluation = item.get("evaluation")
         if not isinstance(evaluation, dict):
@@ -172,13 +178,23 @@ class _TaskLoader:
         example = None
         if None in checks:
             if "example" not in evaluation:
-                raise self.error(index, "evaluation.example", "a null check needs a reference example")
+                raise self.error(
+                    index, "evaluation.example", "a null check needs a reference example"
+                )
             example = self.script(index, "evaluation.example", evaluation["example"])
         start = item.get("start")
         if start is not None and not isinstance(start, str):
             raise self.error(index, "start", f"expected a bash string, got {start!r}")
         return OSTask(
-            source=self.source, index=index, description=description, image=str(create.get("local", "default")),
-            init=init, start=start, match=match, match_regex=match_regex, checks=checks,
-            example=example, labels=tuple(item.get("labels", ())),
+            source=self.source,
+            index=index,
+            description=description,
+            image=str(create.get("local", "default")),
+            init=init,
+            start=start,
+            match=match,
+            match_regex=match_regex,
+            checks=checks,
+            example=example,
+            labels=tuple(item.get("labels", ())),
         )

@@ -32,8 +32,6 @@ from mergekit_cycleqd.evaluate import (
 _RESULT_KEYS = ("result", "is_correct", "correct", "success")
 
 
-
-
 class TaskServerOptions(EvaluatorOptions):
     """Options of the ``agentbench_server`` evaluator."""
 
@@ -58,7 +56,9 @@ class TaskServerOptions(EvaluatorOptions):
     @classmethod
     def _some_indices(cls, value: list[int]) -> list[int]:
         if not value or min(value) < 0:
-            raise ValueError(f"indices must be a non-empty list of sample indices >= 0, got {value}")
+            raise ValueError(
+                f"indices must be a non-empty list of sample indices >= 0, got {value}"
+            )
         return value
 
 
@@ -70,7 +70,9 @@ class TaskServerClient:
 
     def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
-            f"{self.url}{endpoint}", data=json.dumps(body).encode(), method="POST",
+            f"{self.url}{endpoint}",
+            data=json.dumps(body).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         try:
@@ -78,20 +80,29 @@ class TaskServerClient:
                 reply = json.loads(response.read())
         except urllib.error.HTTPError as error:
             detail = error.read().decode("utf-8", "replace")[:500]
-            raise TaskServerError(f"POST {self.url}{endpoint} -> HTTP {error.code}: {detail}") from None
+            raise TaskServerError(
+                f"POST {self.url}{endpoint} -> HTTP {error.code}: {detail}"
+            ) from None
         except (urllib.error.URLError, OSError) as error:
             raise TaskServerError(f"POST {self.url}{endpoint} failed: {error}") from None
         except json.JSONDecodeError as error:
-            raise TaskServerError(f"POST {self.url}{endpoint}: reply is not JSON ({error})") from None
+            raise TaskServerError(
+                f"POST {self.url}{endpoint}: reply is not JSON ({error})"
+            ) from None
         if not isinstance(reply, dict) or not isinstance(reply.get("output"), dict):
-            raise TaskServerError(f"POST {self.url}{endpoint}: reply has no 'output' object: {reply!r:.300}")
+            raise TaskServerError(
+                f"POST {self.url}{endpoint}: reply has no 'output' object: {reply!r:.300}"
+            )
         return reply
 
 
 def to_messages(history: list[dict[str, Any]]) -> list[Message]:
     """AgentBench history items (role user/agent) as chat messages (user/assistant)."""
     roles = {"user": "user", "agent": "assistant", "assistant": "assistant", "system": "system"}
-    return [{"role": roles.get(str(h.get("role")), "user"), "content": str(h.get("content", ""))} for h in history]
+    return [
+        {"role": roles.get(str(h.get("role")), "user"), "content": str(h.get("content", ""))}
+        for h in history
+    ]
 
 
 def is_success(result: Any, field: str | None) -> bool:
@@ -107,8 +118,16 @@ def is_success(result: Any, field: str | None) -> bool:
 class TaskServerEpisode(Episode):
     """One sample's session on the server."""
 
-    def __init__(self, client: TaskServerClient, task: str, index: int, repeat: int, field: str | None):
-        self.client, self.task, self.index, self.repeat, self.field = client, task, index, repeat, field
+    def __init__(
+        self, client: TaskServerClient, task: str, index: int, repeat: int, field: str | None
+    ):
+        self.client, self.task, self.index, self.repeat, self.field = (
+            client,
+            task,
+            index,
+            repeat,
+            field,
+        )
         self.session_id: Any = None
         self.status = "not_started"
         self.result: Any = None
@@ -124,7 +143,9 @@ class TaskServerEpisode(Episode):
         return history if isinstance(history, list) else []
 
     def start(self) -> list[Message]:
-        history = self._update(self.client.post("/api/start_sample", {"name": self.task, "index": self.index}))
+        history = self._update(
+            self.client.post("/api/start_sample", {"name": self.task, "index": self.index})
+        )
         messages = to_messages(history)
         if self.status != "running" or not messages:
             self.finished = True
@@ -135,10 +156,15 @@ class TaskServerEpisode(Episode):
             return None
         self.rounds += 1
         try:
-            history = self._update(self.client.post(
-                "/api/interact",
-                {"session_id": self.session_id, "agent_response": {"status": "normal", "content": reply}},
-            ))
+            history = self._update(
+                self.client.post(
+                    "/api/interact",
+                    {
+                        "session_id": self.session_id,
+                        "agent_response": {"status": "normal", "content": reply},
+                    },
+                )
+            )
         except TaskServerError as error:
             self.error, self.status = str(error), "client_error"
             return None
@@ -165,8 +191,14 @@ class TaskServerEpisode(Episode):
 
     def sample(self) -> dict[str, Any]:
         return {
-            "task": self.task, "index": self.index, "repeat": self.repeat, "status": self.status,
-            "correct": self.correct, "result": self.result, "rounds": self.rounds, "error": self.error,
+            "task": self.task,
+            "index": self.index,
+            "repeat": self.repeat,
+            "status": self.status,
+            "correct": self.correct,
+            "result": self.result,
+            "rounds": self.rounds,
+            "error": self.error,
         }
 
 
@@ -188,9 +220,16 @@ class TaskServerEvaluator(Evaluator):
             for index in o.indices
         ]
         run_episodes(
-            backend, episodes, GenerationConfig(max_new_tokens=o.max_new_tokens), o.max_rounds,
-            concurrency=o.concurrency, desc=f"agentbench:{o.task}",
+            backend,
+            episodes,
+            GenerationConfig(max_new_tokens=o.max_new_tokens),
+            o.max_rounds,
+            concurrency=o.concurrency,
+            desc=f"agentbench:{o.task}",
         )
         accuracy = statistics.fmean(e.correct for e in episodes)
-        metrics = {"accuracy": accuracy, "completed_rate": statistics.fmean(e.status == "completed" for e in episodes)}
+        metrics = {
+            "accuracy": accuracy,
+            "completed_rate": statistics.fmean(e.status == "completed" for e in episodes),
+        }
         return TaskResult(score=accuracy, metrics=metrics, samples=[e.sample() for e in episodes])

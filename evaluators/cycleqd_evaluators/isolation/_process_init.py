@@ -48,7 +48,12 @@ def _become_program(config, source):
         os.setgid(uid)
         os.setuid(uid)
     os.chdir(workdir)
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+    }
     interpreter = config["interpreter"]
     os.execve(interpreter, [interpreter, "-I", "-B", "program.py"], env)
 

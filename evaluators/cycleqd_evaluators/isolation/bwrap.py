@@ -66,8 +66,16 @@ HOST_SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "et
 """When the base is the host's own ``/``, only these are shown (read-only, overlaid);
 users' files, mounts and project folders stay hidden."""
 
-EMPTY_DIRS = {"root": 0o700, "home": 0o755, "tmp": 0o1777, "run": 0o755, "mnt": 0o755,
-              "media": 0o755, "srv": 0o755, "sys": 0o555}
+EMPTY_DIRS = {
+    "root": 0o700,
+    "home": 0o755,
+    "tmp": 0o1777,
+    "run": 0o755,
+    "mnt": 0o755,
+    "media": 0o755,
+    "srv": 0o755,
+    "sys": 0o555,
+}
 """Created empty (and writable) in every sandbox, unless the base provides them."""
 
 _SPECIAL = {"proc", "dev", "sys"}
@@ -110,10 +118,14 @@ def setup_script(
             lines.append(f"ln -s {q(detail)} {target}")
         elif kind == "empty":
             # a mount point, so the agent cannot swap it for a symlink the judge would follow
-            lines.append(f"mkdir -p {target} && chmod {detail} {target} && mount --bind {target} {target}")
+            lines.append(
+                f"mkdir -p {target} && chmod {detail} {target} && mount --bind {target} {target}"
+            )
         else:
             upper, work = q(f"{workdir}/upper/{name}"), q(f"{workdir}/work/{name}")
-            options = q(f"lowerdir={detail},upperdir={workdir}/upper/{name},workdir={workdir}/work/{name}")
+            options = q(
+                f"lowerdir={detail},upperdir={workdir}/upper/{name},workdir={workdir}/work/{name}"
+            )
             lines.append(f"mkdir -p {upper} {work} {target}")
             lines.append(f"mount -t overlay overlay -o {options} {target}")
     lines.append("exec " + " ".join(q(a) for a in bwrap))
@@ -126,17 +138,47 @@ def bwrap_command(bwrap: str, new_root: str, hostname: str = "sandbox") -> list[
     for path in _READ_ONLY_PROC:
         command += ["--ro-bind-try", path, path]
     command += [
-        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--hostname", hostname, "--die-with-parent", "--new-session", "--as-pid-1",
-        "--cap-drop", "ALL",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        hostname,
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--cap-drop",
+        "ALL",
     ]
     for capability in CAPABILITIES:
         command += ["--cap-add", capability]
     command += [
-        "--chdir", "/root", "--clearenv",
-        "--setenv", "HOME", "/root", "--setenv", "USER", "root", "--setenv", "LOGNAME", "root",
-        "--setenv", "PATH", SANDBOX_PATH, "--setenv", "LANG", "C.UTF-8", "--setenv", "TERM", "dumb",
-        "--", "/bin/bash", "--noprofile", "--norc",
+        "--chdir",
+        "/root",
+        "--clearenv",
+        "--setenv",
+        "HOME",
+        "/root",
+        "--setenv",
+        "USER",
+        "root",
+        "--setenv",
+        "LOGNAME",
+        "root",
+        "--setenv",
+        "PATH",
+        SANDBOX_PATH,
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "TERM",
+        "dumb",
+        "--",
+        "/bin/bash",
+        "--noprofile",
+        "--norc",
     ]
     return command
 
@@ -151,12 +193,17 @@ class BwrapSandbox(Sandbox):
         self._cgroup = CgroupLimits(limits.memory_mb, limits.pids)
         self._shells: list[subprocess.Popen[bytes]] = []
         script = setup_script(
-            self._workdir, rootfs, limits, self._cgroup.procs_files,
+            self._workdir,
+            rootfs,
+            limits,
+            self._cgroup.procs_files,
             bwrap_command(bwrap, str(self._workdir / "root")),
         )
         self._process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         assert self._process.stdin is not None and self._process.stdout is not None
@@ -168,17 +215,25 @@ class BwrapSandbox(Sandbox):
             raise
         if hello.exit_code != 0:
             self.close()
-            raise SandboxError(f"the bubblewrap sandbox did not start: {hello.output.strip()[-2000:]}")
+            raise SandboxError(
+                f"the bubblewrap sandbox did not start: {hello.output.strip()[-2000:]}"
+            )
         self._init_pid = _child_of(self._process.pid)
         # Over /proc of the outer mount namespace: bwrap started there reads /proc/<its pid>.
         self._proc = Path("/proc")
         mounted = subprocess.run(
-            mount_proc_command(outer_pid=self._process.pid, init_pid=self._init_pid, proc=self._proc),
-            capture_output=True, text=True, timeout=start_timeout,
+            mount_proc_command(
+                outer_pid=self._process.pid, init_pid=self._init_pid, proc=self._proc
+            ),
+            capture_output=True,
+            text=True,
+            timeout=start_timeout,
         )
         if mounted.returncode != 0:
             self.close()
-            raise SandboxError(f"could not mount the sandbox's /proc: {mounted.stderr.strip()[-500:]}")
+            raise SandboxError(
+                f"could not mount the sandbox's /proc: {mounted.stderr.strip()[-500:]}"
+            )
 
     @property
     def control(self) -> ShellChannel:
@@ -193,12 +248,19 @@ class BwrapSandbox(Sandbox):
         """A bash in the sandbox's namespaces and cgroup, seeing the root through ``view``."""
         join = "".join(f"echo $$ > {shlex.quote(f)}; " for f in self._cgroup.procs_files)
         argv = [
-            *nsenter_prefix(outer_pid=self._process.pid, init_pid=self._init_pid), *view,
-            "/bin/bash", "--noprofile", "--norc", "-c", wrapper,
+            *nsenter_prefix(outer_pid=self._process.pid, init_pid=self._init_pid),
+            *view,
+            "/bin/bash",
+            "--noprofile",
+            "--norc",
+            "-c",
+            wrapper,
         ]
         process = subprocess.Popen(
             ["sh", "-c", join + 'exec "$@"', "sh", *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._shells.append(process)
@@ -206,21 +268,38 @@ class BwrapSandbox(Sandbox):
         return ShellChannel(process.stdin, OutputReader(process.stdout))
 
     def _spawn_agent_shell(self, wrapper: str) -> ShellChannel:
-        view = view_command(self._bwrap, root=self._workdir / "root", proc=self._proc, capabilities=CAPABILITIES,
-                            path_env=SANDBOX_PATH)
+        view = view_command(
+            self._bwrap,
+            root=self._workdir / "root",
+            proc=self._proc,
+            capabilities=CAPABILITIES,
+            path_env=SANDBOX_PATH,
+        )
         return self._spawn_view(view, wrapper)
 
     def _spawn_judge_shell(self, wrapper: str) -> ShellChannel:
         snapshot = self._workdir / "judge-etc"
-        prepare = judge_prepare_script(root=self._workdir / "root", base=self._rootfs, snapshot_etc=snapshot)
+        prepare = judge_prepare_script(
+            root=self._workdir / "root", base=self._rootfs, snapshot_etc=snapshot
+        )
         done = subprocess.run(
             ["nsenter", f"--mount=/proc/{self._process.pid}/ns/mnt", "--", "sh", "-c", prepare],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if done.returncode != 0:
-            raise SandboxError(f"could not prepare the judge's view: {done.stdout[-500:]}{done.stderr[-500:]}")
-        view = view_command(self._bwrap, root=self._workdir / "root", proc=self._proc, capabilities=CAPABILITIES,
-                            path_env=JUDGE_PATH, trusted_binds=judge_binds(self._rootfs, snapshot))
+            raise SandboxError(
+                f"could not prepare the judge's view: {done.stdout[-500:]}{done.stderr[-500:]}"
+            )
+        view = view_command(
+            self._bwrap,
+            root=self._workdir / "root",
+            proc=self._proc,
+            capabilities=CAPABILITIES,
+            path_env=JUDGE_PATH,
+            trusted_binds=judge_binds(self._rootfs, snapshot),
+        )
         return self._spawn_view(view, wrapper)
 
     def close(self) -> None:
@@ -291,7 +370,9 @@ def bwrap_problems(rootfs: Path, bwrap: str = "bwrap") -> list[str]:
         problems.append("it needs root (overlay mounts and uid 0 with chown/setuid in the sandbox)")
     for tool in (bwrap, "unshare", "mount"):
         if shutil.which(tool) is None:
-            problems.append(f"{tool!r} is not on PATH (Debian: apt-get install bubblewrap util-linux)")
+            problems.append(
+                f"{tool!r} is not on PATH (Debian: apt-get install bubblewrap util-linux)"
+            )
     if not rootfs.is_dir():
         problems.append(f"rootfs {str(rootfs)!r} is not a directory")
     elif any(c in str(rootfs.resolve()) for c in ",:"):

@@ -46,7 +46,9 @@ class CgroupLimits:
             elif (_ROOT / "cgroup.controllers").is_file():
                 self._make_v2(name, memory_mb, pids)
         except OSError as error:
-            log.warning("cgroup limits unavailable (%s); fork bombs are only bounded by time", error)
+            log.warning(
+                "cgroup limits unavailable (%s); fork bombs are only bounded by time", error
+            )
             self.remove()
             self.procs_files = []
 

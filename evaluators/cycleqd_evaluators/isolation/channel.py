@@ -31,7 +31,7 @@ def bash_quote(text: str) -> str:
     out = ["$'"]
     for byte in text.replace("\0", "").encode("utf-8", "surrogateescape"):
         char = chr(byte)
-        if byte < 128 and (char.isalnum() or char in " _-+=.,:/@%^*()[]{}<>|&;!?#~`\"$"):
+        if byte < 128 and (char.isalnum() or char in ' _-+=.,:/@%^*()[]{}<>|&;!?#~`"$'):
             out.append(char)
         else:
             out.append(f"\\x{byte:02x}")
@@ -141,7 +141,9 @@ class ShellChannel:
         except (BrokenPipeError, OSError, ValueError):
             return False
 
-    def execute(self, command_line: str, timeout: float, exit_marker: bytes | None = None) -> CommandResult:
+    def execute(
+        self, command_line: str, timeout: float, exit_marker: bytes | None = None
+    ) -> CommandResult:
         """Run one line of bash; its output runs until a status marker is printed.
 
         ``exit_marker`` is what the shell's wrapper prints when the shell itself
@@ -159,7 +161,9 @@ class ShellChannel:
             before, match = self.reader.read_until(pattern, timeout)
         text = before.decode("utf-8", "replace")
         if match is None:
-            return CommandResult(text, None, timed_out=not self.reader.eof, shell_exited=self.reader.eof)
+            return CommandResult(
+                text, None, timed_out=not self.reader.eof, shell_exited=self.reader.eof
+            )
         if match.group(1) is None:
             return CommandResult(text, None, shell_exited=True)
         return CommandResult(text, int(match.group(1)))

@@ -28,11 +28,33 @@ DEFAULT_IMAGES = {"default": "local-os/default"}
 def docker_run_command(docker: str, name: str, image: str, limits: SandboxLimits) -> list[str]:
     """``docker run`` for a detached, network-less, resource-limited task container."""
     return [
-        docker, "run", "--detach", "--rm", "--name", name, "--network", "none",
-        "--memory", f"{limits.memory_mb}m", "--memory-swap", f"{limits.memory_mb}m",
-        "--pids-limit", str(limits.pids), "--security-opt", "no-new-privileges",
-        "--workdir", "/root", "--env", f"PATH={SANDBOX_PATH}", "--env", "HOME=/root",
-        "--entrypoint", "/bin/sh", image, "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done",
+        docker,
+        "run",
+        "--detach",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "--memory",
+        f"{limits.memory_mb}m",
+        "--memory-swap",
+        f"{limits.memory_mb}m",
+        "--pids-limit",
+        str(limits.pids),
+        "--security-opt",
+        "no-new-privileges",
+        "--workdir",
+        "/root",
+        "--env",
+        f"PATH={SANDBOX_PATH}",
+        "--env",
+        "HOME=/root",
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 3600; done",
     ]
 
 
@@ -46,7 +68,9 @@ def docker_available(docker: str = "docker", timeout: float = 10.0) -> bool:
     if shutil.which(docker) is None:
         return False
     try:
-        return subprocess.run([docker, "info"], capture_output=True, timeout=timeout).returncode == 0
+        return (
+            subprocess.run([docker, "info"], capture_output=True, timeout=timeout).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -61,7 +85,9 @@ class DockerSandbox(Sandbox):
         self._agent_processes: list[subprocess.Popen[bytes]] = []
         started = subprocess.run(
             docker_run_command(docker, self.name, image, limits),
-            capture_output=True, text=True, timeout=start_timeout,
+            capture_output=True,
+            text=True,
+            timeout=start_timeout,
         )
         if started.returncode != 0:
             raise SandboxError(f"docker run {image!r} failed: {started.stderr.strip()[-2000:]}")
@@ -74,7 +100,9 @@ class DockerSandbox(Sandbox):
     def _exec(self, argv: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             docker_exec_command(self._docker, self.name, argv),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
     @property

@@ -169,25 +169,67 @@ def python_view() -> list[str]:
     # bwrap creates missing parents 0700: make them traversable for the program's uid.
     bound = {Path(args[i + 2]) for i, a in enumerate(args) if a in ("--ro-bind", "--symlink")}
     parents = {p for target in bound for p in target.parents if p not in bound and p != Path("/")}
-    dirs = [a for p in sorted(parents, key=lambda p: len(p.parts)) for a in ("--perms", "0755", "--dir", str(p))]
+    dirs = [
+        a
+        for p in sorted(parents, key=lambda p: len(p.parts))
+        for a in ("--perms", "0755", "--dir", str(p))
+    ]
     return dirs + args
 
 
-def bwrap_python_command(bwrap: str, *, tmpfs_mb: int, interpreter: str, bootstrap: str) -> list[str]:
+def bwrap_python_command(
+    bwrap: str, *, tmpfs_mb: int, interpreter: str, bootstrap: str
+) -> list[str]:
     """The bubblewrap command line that starts the bootstrap; see the module docstring."""
     size = str(tmpfs_mb * 2**20)
     return [
-        bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-        "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+        bwrap,
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
         *python_view(),
-        "--dev", "/dev", "--proc", "/proc",
-        "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
-        "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
-        "--remount-ro", "/",
-        "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-        "--cap-add", "CAP_CHOWN",
-        "--clearenv", "--setenv", "LANG", "C.UTF-8", "--chdir", "/",
-        "--", interpreter, "-I", "-S", "-c", bootstrap,
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--perms",
+        "1777",
+        "--size",
+        size,
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "1777",
+        "--size",
+        size,
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "CAP_SETUID",
+        "--cap-add",
+        "CAP_SETGID",
+        "--cap-add",
+        "CAP_CHOWN",
+        "--clearenv",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--chdir",
+        "/",
+        "--",
+        interpreter,
+        "-I",
+        "-S",
+        "-c",
+        bootstrap,
     ]
 
 
@@ -220,7 +262,9 @@ def _run_in(host_dir: Path, source: str, limits: ProcessLimits, namespaces: bool
     cgroup: CgroupLimits | None = None
     if namespaces:
         argv = bwrap_python_command(
-            shutil.which("bwrap") or "bwrap", tmpfs_mb=limits.tmpfs_mb, interpreter=interpreter,
+            shutil.which("bwrap") or "bwrap",
+            tmpfs_mb=limits.tmpfs_mb,
+            interpreter=interpreter,
             bootstrap=bootstrap,
         )
         cgroup = CgroupLimits(limits.memory_mb, limits.max_processes + _CGROUP_SLACK)
@@ -234,13 +278,23 @@ def _run_in(host_dir: Path, source: str, limits: ProcessLimits, namespaces: bool
     stdout_path, stderr_path = host_dir / "stdout", host_dir / "stderr"
     start = time.monotonic()
     try:
-        with open(program_path, "rb") as program, open(stdout_path, "wb") as out, \
-                open(stderr_path, "wb") as err:
+        with (
+            open(program_path, "rb") as program,
+            open(stdout_path, "wb") as out,
+            open(stderr_path, "wb") as err,
+        ):
             process = subprocess.Popen(
-                argv, stdin=program, stdout=out, stderr=err, cwd=host_dir,
-                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                     "LANG": "C.UTF-8"},
-                start_new_session=True, close_fds=True,
+                argv,
+                stdin=program,
+                stdout=out,
+                stderr=err,
+                cwd=host_dir,
+                env={
+                    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "LANG": "C.UTF-8",
+                },
+                start_new_session=True,
+                close_fds=True,
             )
             timed_out = False
             try:

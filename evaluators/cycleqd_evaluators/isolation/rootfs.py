@@ -27,8 +27,25 @@ from mergekit_cycleqd.evaluate import SandboxError
 log = logging.getLogger(__name__)
 
 PACKAGES = (
-    "bash", "coreutils", "procps", "python3", "findutils", "grep", "sed", "gawk", "passwd",
-    "login", "util-linux", "tar", "gzip", "bzip2", "xz-utils", "file", "bc", "psmisc", "less",
+    "bash",
+    "coreutils",
+    "procps",
+    "python3",
+    "findutils",
+    "grep",
+    "sed",
+    "gawk",
+    "passwd",
+    "login",
+    "util-linux",
+    "tar",
+    "gzip",
+    "bzip2",
+    "xz-utils",
+    "file",
+    "bc",
+    "psmisc",
+    "less",
 )
 """On top of Debian's minbase (which has the essential packages): what AgentBench's OS tasks call."""
 
@@ -49,15 +66,25 @@ def rootfs_key(packages: tuple[str, ...], suite: str, mirror: str) -> str:
     return f"{suite}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
-def mmdebstrap_command(target: Path, *, packages: tuple[str, ...], suite: str, mirror: str) -> list[str]:
+def mmdebstrap_command(
+    target: Path, *, packages: tuple[str, ...], suite: str, mirror: str
+) -> list[str]:
     return [
-        "mmdebstrap", "--mode=root", "--variant=minbase", f"--include={','.join(sorted(set(packages)))}",
-        suite, str(target), mirror,
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        f"--include={','.join(sorted(set(packages)))}",
+        suite,
+        str(target),
+        mirror,
     ]
 
 
 def ensure_rootfs(
-    packages: tuple[str, ...] = PACKAGES, *, suite: str = SUITE, mirror: str = MIRROR,
+    packages: tuple[str, ...] = PACKAGES,
+    *,
+    suite: str = SUITE,
+    mirror: str = MIRROR,
     cache: Path | None = None,
 ) -> Path:
     """The cached root for ``packages``, built first (minutes, printed as it goes) if missing.
@@ -85,7 +112,9 @@ def ensure_rootfs(
         shutil.rmtree(folder, ignore_errors=True)
         command = mmdebstrap_command(partial, packages=packages, suite=suite, mirror=mirror)
         log.warning("building the OS sandbox root (once, a few minutes): %s", " ".join(command))
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert process.stdout is not None
         tail: list[str] = []
         for line in process.stdout:  # its "I: ..." lines are the stages: show them as progress
@@ -93,7 +122,11 @@ def ensure_rootfs(
             tail = (tail + [line])[-20:]
         if process.wait() != 0:
             shutil.rmtree(partial, ignore_errors=True)
-            raise SandboxError(f"mmdebstrap failed (exit {process.returncode}): {''.join(tail)[-2000:]}")
+            raise SandboxError(
+                f"mmdebstrap failed (exit {process.returncode}): {''.join(tail)[-2000:]}"
+            )
         partial.rename(folder)
-        complete.write_text(json.dumps({"packages": sorted(set(packages)), "suite": suite, "mirror": mirror}))
+        complete.write_text(
+            json.dumps({"packages": sorted(set(packages)), "suite": suite, "mirror": mirror})
+        )
     return folder

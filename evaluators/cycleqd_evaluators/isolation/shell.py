@@ -22,6 +22,7 @@ from mergekit_cycleqd.evaluate import SandboxError
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GRACE_S = 10.0
 
+
 @dataclass(frozen=True)
 class SandboxLimits:
     """Resource limits of one sandbox (memory includes its tmpfs writes)."""
@@ -107,7 +108,9 @@ class Sandbox(ABC):
             self._stop_agent_shell()
         return result
 
-    def _start_shell(self, spawn: Callable[[str], ShellChannel], timeout: float) -> tuple[ShellChannel, int]:
+    def _start_shell(
+        self, spawn: Callable[[str], ShellChannel], timeout: float
+    ) -> tuple[ShellChannel, int]:
         ready = f"__CQD_READY_{secrets.token_hex(8)}__"
         wrapper = (
             f"printf '\\n%s%s\\n' {ready} \"$$\"; cd /root 2>/dev/null; "
@@ -158,8 +161,11 @@ class Sandbox(ABC):
         if language == "python":
             command = " ".join(["python3", "-c", bash_quote(script), *map(bash_quote, args)])
         elif language == "bash":
-            command = script if not args else " ".join(
-                ["bash", "-c", bash_quote(script), "bash", *map(bash_quote, args)])
+            command = (
+                script
+                if not args
+                else " ".join(["bash", "-c", bash_quote(script), "bash", *map(bash_quote, args)])
+            )
         else:
             raise ValueError(f"unknown script language {language!r} (expected 'bash' or 'python')")
         result = self._judge.execute(

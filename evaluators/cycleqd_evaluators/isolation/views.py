@@ -22,9 +22,21 @@ import shlex
 from pathlib import Path
 
 TRUSTED_DIRS = (
-    "bin", "sbin", "lib", "lib32", "lib64", "libx32",
-    "usr/bin", "usr/sbin", "usr/lib", "usr/lib32", "usr/lib64", "usr/libx32", "usr/libexec",
-    "usr/share", "usr/local/lib",
+    "bin",
+    "sbin",
+    "lib",
+    "lib32",
+    "lib64",
+    "libx32",
+    "usr/bin",
+    "usr/sbin",
+    "usr/lib",
+    "usr/lib32",
+    "usr/lib64",
+    "usr/libx32",
+    "usr/libexec",
+    "usr/share",
+    "usr/local/lib",
 )
 """Where programs, libraries and interpreter modules live: the judge gets the base's copy.
 ``/usr/local/bin`` and ``/usr/local/sbin`` stay the agent's (a task may count what the agent
@@ -41,14 +53,23 @@ _READ_ONLY_PROC = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 def nsenter_prefix(*, outer_pid: int, init_pid: int) -> list[str]:
     """Enter the mount namespace that holds the sandbox's root and the sandbox's other ones."""
     return [
-        "nsenter", f"--mount=/proc/{outer_pid}/ns/mnt", f"--pid=/proc/{init_pid}/ns/pid",
-        f"--net=/proc/{init_pid}/ns/net", f"--ipc=/proc/{init_pid}/ns/ipc",
-        f"--uts=/proc/{init_pid}/ns/uts", "--",
+        "nsenter",
+        f"--mount=/proc/{outer_pid}/ns/mnt",
+        f"--pid=/proc/{init_pid}/ns/pid",
+        f"--net=/proc/{init_pid}/ns/net",
+        f"--ipc=/proc/{init_pid}/ns/ipc",
+        f"--uts=/proc/{init_pid}/ns/uts",
+        "--",
     ]
 
 
 def view_command(
-    bwrap: str, *, root: Path, proc: Path, capabilities: tuple[str, ...], path_env: str,
+    bwrap: str,
+    *,
+    root: Path,
+    proc: Path,
+    capabilities: tuple[str, ...],
+    path_env: str,
     trusted_binds: list[tuple[str, str]] | None = None,
 ) -> list[str]:
     """bwrap over ``root`` (the sandbox's live root) with ``trusted_binds`` laid read-only on top."""
@@ -59,14 +80,32 @@ def view_command(
     # namespace): bind the sandbox's procfs, mounted by ``mount_proc_script``, instead.
     command += ["--dev", "/dev", "--bind", str(proc), "/proc"]
     for path in _READ_ONLY_PROC:
-        command += ["--ro-bind-try", f"{proc}{path[len('/proc'):]}", path]
+        command += ["--ro-bind-try", f"{proc}{path[len('/proc') :]}", path]
     command += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     for capability in capabilities:
         command += ["--cap-add", capability]
     return command + [
-        "--chdir", "/root", "--clearenv",
-        "--setenv", "HOME", "/root", "--setenv", "USER", "root", "--setenv", "LOGNAME", "root",
-        "--setenv", "PATH", path_env, "--setenv", "LANG", "C.UTF-8", "--setenv", "TERM", "dumb",
+        "--chdir",
+        "/root",
+        "--clearenv",
+        "--setenv",
+        "HOME",
+        "/root",
+        "--setenv",
+        "USER",
+        "root",
+        "--setenv",
+        "LOGNAME",
+        "root",
+        "--setenv",
+        "PATH",
+        path_env,
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "TERM",
+        "dumb",
         "--",
     ]
 
@@ -74,8 +113,15 @@ def view_command(
 def mount_proc_command(*, outer_pid: int, init_pid: int, proc: Path) -> list[str]:
     """Mount a procfs of the sandbox's PID namespace at ``proc`` in its outer mount namespace."""
     return [
-        "nsenter", f"--mount=/proc/{outer_pid}/ns/mnt", f"--pid=/proc/{init_pid}/ns/pid", "--",
-        "mount", "-t", "proc", "proc", str(proc),
+        "nsenter",
+        f"--mount=/proc/{outer_pid}/ns/mnt",
+        f"--pid=/proc/{init_pid}/ns/pid",
+        "--",
+        "mount",
+        "-t",
+        "proc",
+        "proc",
+        str(proc),
     ]
 
 
@@ -97,8 +143,12 @@ def judge_prepare_script(*, root: Path, base: Path, snapshot_etc: Path) -> str:
     base's top-level symlinks (``/bin -> usr/bin``...) back where the agent replaced them.
     """
     q = shlex.quote
-    lines = ["set -eu", f"rm -rf {q(str(snapshot_etc))}", f"cp -a {q(str(root / 'etc'))} {q(str(snapshot_etc))}",
-             f"rm -rf {q(str(snapshot_etc / 'ld.so.preload'))}"]
+    lines = [
+        "set -eu",
+        f"rm -rf {q(str(snapshot_etc))}",
+        f"cp -a {q(str(root / 'etc'))} {q(str(snapshot_etc))}",
+        f"rm -rf {q(str(snapshot_etc / 'ld.so.preload'))}",
+    ]
     for name in TRUSTED_ETC:
         target = q(str(snapshot_etc / name))
         lines.append(f"rm -rf {target}")
@@ -108,6 +158,8 @@ def judge_prepare_script(*, root: Path, base: Path, snapshot_etc: Path) -> str:
         link = base / name
         if link.is_symlink():
             target, where = link.readlink(), q(str(root / name))
-            lines.append(f'[ "$(readlink {where} || true)" = {q(str(target))} ] || '
-                         f"{{ rm -rf {where}; ln -s {q(str(target))} {where}; }}")
+            lines.append(
+                f'[ "$(readlink {where} || true)" = {q(str(target))} ] || '
+                f"{{ rm -rf {where}; ln -s {q(str(target))} {where}; }}"
+            )
     return "\n".join(lines) + "\n"

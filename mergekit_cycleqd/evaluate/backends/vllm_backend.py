@@ -152,7 +152,9 @@ class VLLMBackend:
         prompts, none added to a rendered chat (its template has its own)."""
         if isinstance(prompt, str):
             return list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        return list(self._tokenizer(self.render_chat(prompt), add_special_tokens=False)["input_ids"])
+        return list(
+            self._tokenizer(self.render_chat(prompt), add_special_tokens=False)["input_ids"]
+        )
 
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
         """One completion per prompt, in order, in one batch."""
@@ -178,7 +180,9 @@ class VLLMBackend:
                 save_file(state, str(Path(folder) / "model.safetensors"))
                 del state
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
-        if self._tied:  # a function sent to an engine process needs VLLM_ALLOW_INSECURE_SERIALIZATION=1
+        if (
+            self._tied
+        ):  # a function sent to an engine process needs VLLM_ALLOW_INSECURE_SERIALIZATION=1
             self.llm.apply_model(retie_lm_head)
         self.llm.reset_prefix_cache()
 

@@ -59,8 +59,12 @@ def _results(data: RunData) -> list[Block]:
         tasks = list(data.results.get("tasks", data.tasks))
         split = data.results.get("split", "test")
         rows = [
-            [row["name"], row.get("kind", ""),
-             *(_fmt(row.get("scores", {}).get(t)) for t in tasks), _fmt(row.get("mean"))]
+            [
+                row["name"],
+                row.get("kind", ""),
+                *(_fmt(row.get("scores", {}).get(t)) for t in tasks),
+                _fmt(row.get("mean")),
+            ]
             for row in data.results.get("rows", [])
         ]
         blocks.append(Paragraph(f"Scores on the {split} split."))
@@ -70,9 +74,13 @@ def _results(data: RunData) -> list[Block]:
             gtasks = list(general.get("tasks", []))
             blocks.append(Paragraph("Generalisation (scores normalised to the base model)."))
             blocks.append(
-                Table(["model", *gtasks],
-                      [[r["name"], *(_fmt(r.get("scores", {}).get(t), 3) for t in gtasks)]
-                       for r in general["rows"]])
+                Table(
+                    ["model", *gtasks],
+                    [
+                        [r["name"], *(_fmt(r.get("scores", {}).get(t), 3) for t in gtasks)]
+                        for r in general["rows"]
+                    ],
+                )
             )
     by_id = {r.id: r for r in data.records}
     rows = []
@@ -82,13 +90,21 @@ def _results(data: RunData) -> list[Block]:
             continue
         record = by_id.get(best.child_id)
         scores = record.scores if record else {}
-        rows.append([task, str(best.child_id), *(_fmt(scores.get(t)) for t in data.tasks),
-                     _fmt(archive.coverage(), 3), _fmt(archive.qd_score(), 3)])
+        rows.append(
+            [
+                task,
+                str(best.child_id),
+                *(_fmt(scores.get(t)) for t in data.tasks),
+                _fmt(archive.coverage(), 3),
+                _fmt(archive.qd_score(), 3),
+            ]
+        )
     if rows:
         blocks.append(Paragraph("Best elite of each archive (optimisation split)."))
         blocks.append(
-            Table(["archive", "child", *data.tasks, "coverage", "QD score"], rows,
-                  align_right_from=1)
+            Table(
+                ["archive", "child", *data.tasks, "coverage", "QD score"], rows, align_right_from=1
+            )
         )
     return blocks
 
@@ -105,16 +121,26 @@ def _archives(data: RunData) -> list[Block]:
         shape = "x, y = the first two other tasks' scores; colour = the best over the rest"
     blocks: list[Block] = [
         Heading("Archives at the end"),
-        Paragraph(f"One archive per task; colour = score on the archive's task (quality); {shape}. "
-                  "Grey cells are empty."),
-        Image("archives.png", "Archives at the end of the run", figures.archives_png(data.archives)),
+        Paragraph(
+            f"One archive per task; colour = score on the archive's task (quality); {shape}. "
+            "Grey cells are empty."
+        ),
+        Image(
+            "archives.png", "Archives at the end of the run", figures.archives_png(data.archives)
+        ),
     ]
     if data.frames:
         blocks += [
             Heading("Archives development"),
-            Paragraph(f"One frame every {data.frame_every} filed models; all archives side by side."),
-            Image("archives.gif", "Archives developing over the run",
-                  figures.animation_gif(data.archives, data.frames), mime="image/gif"),
+            Paragraph(
+                f"One frame every {data.frame_every} filed models; all archives side by side."
+            ),
+            Image(
+                "archives.gif",
+                "Archives developing over the run",
+                figures.animation_gif(data.archives, data.frames),
+                mime="image/gif",
+            ),
         ]
     return blocks
 
@@ -123,12 +149,17 @@ def _progress(data: RunData) -> list[Block]:
     if not data.stats:
         return []
     last = data.stats[-1]
-    rows = [[t, _fmt(last.best[t]), _fmt(last.qd_score[t], 3), _fmt(last.coverage[t], 3)]
-            for t in data.tasks]
+    rows = [
+        [t, _fmt(last.best[t]), _fmt(last.qd_score[t], 3), _fmt(last.coverage[t], 3)]
+        for t in data.tasks
+    ]
     return [
         Heading("Progress per generation"),
-        Image("progress.png", "Best score, QD score and coverage per generation",
-              figures.progress_png(data.stats, data.tasks)),
+        Image(
+            "progress.png",
+            "Best score, QD score and coverage per generation",
+            figures.progress_png(data.stats, data.tasks),
+        ),
         Table(["archive", "best", "QD score", "coverage"], rows),
     ]
 
@@ -141,12 +172,21 @@ def _timing(data: RunData) -> list[Block]:
     for attr, label in figures.TIMING_PARTS:
         values = [getattr(r, attr) for r in timed if getattr(r, attr) is not None]
         if values:
-            rows.append([label, _fmt(statistics.fmean(values), 2),
-                         _fmt(statistics.median(values), 2), _fmt(sum(values), 1)])
+            rows.append(
+                [
+                    label,
+                    _fmt(statistics.fmean(values), 2),
+                    _fmt(statistics.median(values), 2),
+                    _fmt(sum(values), 1),
+                ]
+            )
     return [
         Heading("Time per model"),
-        Image("timing.png", "Time per model split into merge, evaluation and filing",
-              figures.timing_png(timed)),
+        Image(
+            "timing.png",
+            "Time per model split into merge, evaluation and filing",
+            figures.timing_png(timed),
+        ),
         Table(["part", "mean s", "median s", "total s"], rows),
     ]
 
@@ -159,19 +199,32 @@ def _similarity(data: RunData) -> list[Block]:
     matrix = similarity["matrix"]
     return [
         Heading("Model similarity of the experts"),
-        Paragraph("Mergeability: mean over weight matrices of the cosine between the singular "
-                  "values of two experts' task vectors (CycleQD paper)."),
-        Image("similarity.png", "Pairwise mergeability of the experts",
-              figures.similarity_png(names, matrix)),
-        Table(["", *names], [[n, *(_fmt(v) for v in row)] for n, row in zip(names, matrix,
-                                                                          strict=True)]),
+        Paragraph(
+            "Mergeability: mean over weight matrices of the cosine between the singular "
+            "values of two experts' task vectors (CycleQD paper)."
+        ),
+        Image(
+            "similarity.png",
+            "Pairwise mergeability of the experts",
+            figures.similarity_png(names, matrix),
+        ),
+        Table(
+            ["", *names],
+            [[n, *(_fmt(v) for v in row)] for n, row in zip(names, matrix, strict=True)],
+        ),
     ]
 
 
 def build_blocks(data: RunData) -> list[Block]:
     """The whole report, in reading order."""
-    blocks: list[Block] = [*_summary(data), *_results(data), *_archives(data),
-                           *_progress(data), *_timing(data), *_similarity(data)]
+    blocks: list[Block] = [
+        *_summary(data),
+        *_results(data),
+        *_archives(data),
+        *_progress(data),
+        *_timing(data),
+        *_similarity(data),
+    ]
     blocks += [Heading("Recipe"), Code(data.recipe or "(no recipe stored)", "yaml")]
     return blocks
 

@@ -102,8 +102,12 @@ def load_run(run_dir: Path, frame_every: int | None = None) -> RunData:
             )
             if filed % every == 0 or filed == filed_total:
                 frames.append(
-                    Frame(filed, record.id, record.generation,
-                          {t: a.grid().copy() for t, a in current.items()})
+                    Frame(
+                        filed,
+                        record.id,
+                        record.generation,
+                        {t: a.grid().copy() for t, a in current.items()},
+                    )
                 )
         if archives:
             archives = _copy_archives(archives)

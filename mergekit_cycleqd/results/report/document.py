@@ -72,7 +72,8 @@ def _html_block(block: Block) -> str:
         body = []
         for row in block.rows:
             cells = "".join(
-                f'<td class="num">{html.escape(c)}</td>' if i >= block.align_right_from
+                f'<td class="num">{html.escape(c)}</td>'
+                if i >= block.align_right_from
                 else f"<td>{html.escape(c)}</td>"
                 for i, c in enumerate(row)
             )
@@ -93,7 +94,7 @@ def to_html(title: str, blocks: list[Block]) -> str:
     """A self-contained HTML page (inline CSS, images as data URIs, no scripts)."""
     body = "\n".join(_html_block(b) for b in blocks)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
         f"<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n"
     )
@@ -111,8 +112,11 @@ def _md_block(block: Block) -> str:
     if isinstance(block, Table):
         lines = ["| " + " | ".join(_md_cell(h) for h in block.headers) + " |"]
         lines.append(
-            "|" + "".join("---:|" if i >= block.align_right_from else "---|"
-                          for i in range(len(block.headers)))
+            "|"
+            + "".join(
+                "---:|" if i >= block.align_right_from else "---|"
+                for i in range(len(block.headers))
+            )
         )
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
         return "\n".join(lines)

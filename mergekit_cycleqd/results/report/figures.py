@@ -68,8 +68,14 @@ def _draw_archive(ax, archive: Archive, grid: np.ndarray, limits: tuple[float, f
         y_lo, y_hi = archive.ranges[bc[1]]
         extent = (x_lo, x_hi, y_lo, y_hi)
     artist = ax.imshow(
-        np.ma.masked_invalid(image), origin="lower", extent=extent, aspect="auto",
-        cmap=_CMAP, vmin=limits[0], vmax=limits[1], interpolation="nearest",
+        np.ma.masked_invalid(image),
+        origin="lower",
+        extent=extent,
+        aspect="auto",
+        cmap=_CMAP,
+        vmin=limits[0],
+        vmax=limits[1],
+        interpolation="nearest",
     )
     ax.set_xlabel(f"{bc[0]} score")
     if len(bc) == 1:
@@ -117,15 +123,16 @@ def archives_png(archives: Mapping[str, Archive], highlight: Collection[int] = (
     return _png(fig)
 
 
-def animation_gif(
-    archives: Mapping[str, Archive], frames: Sequence[Frame], fps: int = 4
-) -> bytes:
+def animation_gif(archives: Mapping[str, Archive], frames: Sequence[Frame], fps: int = 4) -> bytes:
     """The archives developing over the run (the paper's "Archives Development")."""
     tasks = list(archives)
     if not frames:
         raise ValueError("no filed children: nothing to animate")
     fig, axes = plt.subplots(
-        1, len(tasks), figsize=(3.6 * len(tasks), _height(archives, 3.3)), squeeze=False,
+        1,
+        len(tasks),
+        figsize=(3.6 * len(tasks), _height(archives, 3.3)),
+        squeeze=False,
         dpi=72,
     )
     artists = []
@@ -135,18 +142,27 @@ def animation_gif(
         fig.colorbar(artists[-1], ax=ax)
     title = fig.suptitle("")
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    images = _blitted_frames(fig, artists, title, [
-        (
-            [projected_grid(frame.grids[task]) for task in tasks],
-            f"after {frame.filed} models (generation {frame.generation})",
-        )
-        for frame in frames
-    ])
+    images = _blitted_frames(
+        fig,
+        artists,
+        title,
+        [
+            (
+                [projected_grid(frame.grids[task]) for task in tasks],
+                f"after {frame.filed} models (generation {frame.generation})",
+            )
+            for frame in frames
+        ],
+    )
     plt.close(fig)
     buffer = io.BytesIO()
     images[0].save(
-        buffer, format="GIF", save_all=True, append_images=images[1:],
-        duration=round(1000 / fps), loop=0,
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
     )
     return buffer.getvalue()
 
@@ -187,8 +203,12 @@ def progress_png(stats: Sequence[GenerationStats], tasks: Sequence[str]) -> byte
     )
     for ax, (attribute, label) in zip(axes, panels, strict=True):
         for task in tasks:
-            ax.plot(generations, [getattr(s, attribute)[task] for s in stats],
-                    label=task, drawstyle="steps-post")
+            ax.plot(
+                generations,
+                [getattr(s, attribute)[task] for s in stats],
+                label=task,
+                drawstyle="steps-post",
+            )
         ax.set_xlabel("generation")
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -216,9 +236,9 @@ def timing_groups(records: Sequence[ChildRecord]) -> tuple[list[str], np.ndarray
     size = math.ceil(len(timed) / MAX_BARS)
     labels, means = [], []
     for start in range(0, len(timed), size):
-        chunk = timed[start:start + size]
+        chunk = timed[start : start + size]
         labels.append(f"{chunk[0].id}–{chunk[-1].id}")
-        means.append(rows[start:start + size].mean(axis=0))
+        means.append(rows[start : start + size].mean(axis=0))
     return labels, np.array(means)
 
 
@@ -233,8 +253,9 @@ def timing_png(records: Sequence[ChildRecord]) -> bytes:
         ax.bar(positions, values, bottom=bottom, label=label, width=0.85)
         bottom = bottom + values
     step = max(1, len(labels) // 15)
-    ax.set_xticks(positions[::step], [labels[i] for i in range(0, len(labels), step)],
-                  rotation=45, ha="right")
+    ax.set_xticks(
+        positions[::step], [labels[i] for i in range(0, len(labels), step)], rotation=45, ha="right"
+    )
     ax.set_xlabel("model id (seeds and children, in filing order)")
     ax.set_ylabel("seconds")
     ax.legend()
@@ -247,8 +268,9 @@ def similarity_png(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> b
     values = np.array(matrix, dtype=float)
     size = 1.2 + 0.9 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    artist = ax.imshow(np.ma.masked_invalid(values), cmap=_CMAP, vmin=np.nanmin(values),
-                       vmax=np.nanmax(values))
+    artist = ax.imshow(
+        np.ma.masked_invalid(values), cmap=_CMAP, vmin=np.nanmin(values), vmax=np.nanmax(values)
+    )
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):

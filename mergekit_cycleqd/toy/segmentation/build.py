@@ -47,10 +47,17 @@ def new_segformer(config: SegmentationToyConfig):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     hf = SegformerConfig(
-        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
-        hidden_sizes=list(config.hidden_sizes), patch_sizes=[7, 3], strides=[4, 2],
-        num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-        decoder_hidden_size=config.decoder_hidden_size, num_labels=2,
+        num_channels=3,
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=list(config.hidden_sizes),
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=config.decoder_hidden_size,
+        num_labels=2,
     )
     return SegformerForSemanticSegmentation(hf)
 
@@ -70,8 +77,14 @@ def _batches(domains: list[str], weights: list[float], config: SegmentationToyCo
     while True:
         counts = rng.multinomial(config.batch_size, weights)
         parts = [
-            draw(d, int(n), seed=config.seed * 1_000_003 + stream * 10_007 + step, size=config.image_size)
-            for d, n in zip(domains, counts) if n
+            draw(
+                d,
+                int(n),
+                seed=config.seed * 1_000_003 + stream * 10_007 + step,
+                size=config.image_size,
+            )
+            for d, n in zip(domains, counts)
+            if n
         ]
         step += 1
         yield (
@@ -115,13 +128,18 @@ def build_segmentation_assets(out_dir: Path, config: SegmentationToyConfig | Non
             np.savez_compressed(data / f"{domain}.{split}.npz", images=images, masks=masks)
     with deterministic_torch(config.seed):
         base = new_segformer(config)
-        _train(base, _batches(["generic"], [1.0], config, 0), config.base_steps, config.base_lr, "base")
+        _train(
+            base, _batches(["generic"], [1.0], config, 0), config.base_steps, config.base_lr, "base"
+        )
         base.save_pretrained(out_dir / "base")
     for index, domain in enumerate(tqdm(EXPERT_DOMAINS, desc="segmentation experts")):
         with deterministic_torch(config.seed + index + 1):
             expert = type(base).from_pretrained(out_dir / "base")
             mix = _batches(
-                [domain, "generic"], [1 - config.expert_replay, config.expert_replay], config, index + 1
+                [domain, "generic"],
+                [1 - config.expert_replay, config.expert_replay],
+                config,
+                index + 1,
             )
             _train(expert, mix, config.expert_steps, config.expert_lr, domain)
             expert.save_pretrained(out_dir / "experts" / domain)

@@ -40,10 +40,13 @@ def _blob(rng: np.random.Generator, size: int, radius: float, wobble: float) -> 
     cy, cx = rng.uniform(0.3, 0.7, 2)
     theta = np.arctan2(ys - cy, xs - cx)
     r = np.hypot(ys - cy, xs - cx)
-    edge = radius * (1 + sum(
-        rng.uniform(-wobble, wobble) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        for k in range(2, 6)
-    ))
+    edge = radius * (
+        1
+        + sum(
+            rng.uniform(-wobble, wobble) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+            for k in range(2, 6)
+        )
+    )
     return r <= edge
 
 
